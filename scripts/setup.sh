@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian/Ubuntu machine for ressfl-jax: the real Fashion-MNIST files (Debian's
+# dataset-fashion-mnist) and a virtualenv in .venv with the pinned-by-lower-bound requirements.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FMNIST" ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q dataset-fashion-mnist
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements-test.txt
