@@ -43,4 +43,4 @@ def unstack(stacked, index: int):
 
 def replicate(tree, num_clients: int):
     """Stacks ``num_clients`` identical copies of ``tree`` (the reference deep-copies client 0)."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), tree)
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + jnp.shape(x)), tree)

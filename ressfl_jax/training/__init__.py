@@ -1,0 +1,1 @@
+"""Pure training steps: vanilla SFL (``sfl``); attacker-aware ResSFL and attacks follow."""

@@ -1,0 +1,212 @@
+"""Vanilla split federated learning steps (ResSFL spec §4.4, §5).
+
+One training *round*: each of the K client slots processes one batch; the server trains on
+their smashed data. Two server schedules:
+
+* ``sequential`` (the reference's ``V2`` schedule): ``lax.scan`` over the clients, carrying the
+  server state; the server takes one SGD step after each client's batch (K server steps per
+  round), and only the active client's optimizer steps (PyTorch >= 2.0 semantics, spec §11.2).
+* ``parallel`` (our default, faster): clients run vmapped, their features are concatenated
+  into one ``[K*B, ...]`` batch, and the server takes ONE step with the gradient averaged over
+  the K client batches (BatchNorm statistics over all K*B examples). Each client still gets the
+  gradient of its own batch's mean loss. For K = 1 both schedules are identical.
+
+Steps are pure ``(state, batch, key) -> (state, metrics)`` functions; the caller binds the
+static settings with ``functools.partial`` and jits once with ``donate_argnums=0``.
+"""
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ressfl_jax import augment as augment_lib
+from ressfl_jax import losses
+from ressfl_jax.models import SplitModel
+from ressfl_jax.state import SFLState
+
+SCHEDULES = ("parallel", "sequential")
+
+
+def prepare_images(key, images, *, augment: str):
+    """uint8/float [K, B, H, W, 3] -> augmented float32 [K, B, H, W, 3] in [0, 1].
+
+    Each client gets its own augmentation key, split from ``key``.
+    """
+    images = augment_lib.to_float(images)
+    if augment == "none":
+        return images
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(functools.partial(augment_lib.augment_images, mode=augment))(keys, images)
+
+
+def round_keys(key):
+    """Named sub-streams of one round's key: (augmentation, server dropout)."""
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+
+def client_apply(model: SplitModel, params, batch_stats, images, *, train: bool):
+    """Client forward for ONE client. Returns (features, new_batch_stats)."""
+    if not train:
+        return model.client.apply({"params": params, "batch_stats": batch_stats}, images,
+                                  train=False), batch_stats
+    features, updates = model.client.apply({"params": params, "batch_stats": batch_stats},
+                                           images, train=True, mutable=["batch_stats"])
+    return features, updates.get("batch_stats", batch_stats)
+
+
+def server_apply(model: SplitModel, params, batch_stats, features, dropout_key, *, train: bool):
+    """Server forward (body + head). Returns (logits, new_batch_stats)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+        return model.server.apply(variables, features, train=False), batch_stats
+    logits, updates = model.server.apply(variables, features, train=True,
+                                         rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+    return logits, updates.get("batch_stats", batch_stats)
+
+
+def _metrics(ce, correct, penalty_metrics=None):
+    """Scalar metrics; per-client penalty metrics [K] are averaged over clients."""
+    metrics = {"train/ce_loss": jnp.mean(ce), "train/accuracy": jnp.mean(correct)}
+    metrics.update({k: jnp.mean(v) for k, v in (penalty_metrics or {}).items()})
+    return metrics
+
+
+def _no_penalty(decoder, features, images):
+    del decoder, features, images
+    return jnp.float32(0.0), {}
+
+
+def parallel_round(state: SFLState, images, labels, server_key, *, model: SplitModel,
+                   penalty: Callable = _no_penalty):
+    """Parallel-schedule round on prepared images; see ``parallel_step``.
+
+    Args:
+      images: float32 [K, B, H, W, 3] in [0, 1] (already augmented).
+      labels: int32 [K, B].
+      server_key: key for the server's dropout.
+      penalty: ``(decoder_k, features_k, images_k) -> (scalar, metrics)`` added to client k's
+        loss (the attacker-aware term; ``decoder_k`` is client k's slice of ``state.decoders``).
+        Its gradient reaches only the client: it does not depend on the server.
+    """
+    num_clients, batch_size = labels.shape
+
+    def loss_fn(client_params, server_params):
+        forward = functools.partial(client_apply, model, train=True)
+        features, client_stats = jax.vmap(forward)(client_params, state.clients.batch_stats,
+                                                   images)
+        penalties, penalty_metrics = jax.vmap(penalty)(state.decoders, features, images)
+        # [K, B, h, w, c] -> [K*B, h, w, c]: the server sees one concatenated batch.
+        flat = features.reshape((num_clients * batch_size,) + features.shape[2:])
+        logits, server_stats = server_apply(model, server_params, state.server.batch_stats, flat,
+                                            jax.random.fold_in(server_key, 0), train=True)
+        logits = logits.reshape(num_clients, batch_size, -1)
+        ce = losses.cross_entropy(logits, labels)  # [K, B]
+        # Sum over clients of each client's own loss: client k's gradient is that of its own
+        # batch (CE mean + penalty).
+        total = jnp.sum(jnp.mean(ce, axis=1) + penalties)
+        return total, (ce, logits, client_stats, server_stats, penalty_metrics)
+
+    grads, aux = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state.clients.params,
+                                                                 state.server.params)
+    client_grads, server_grads = grads
+    ce, logits, client_stats, server_stats, penalty_metrics = aux
+    # The summed loss gives the server K times the mean CE gradient; use the mean.
+    server_grads = jax.tree.map(lambda g: g / num_clients, server_grads)
+    clients = jax.vmap(lambda c, g, s: c.apply_gradients(grads=g, batch_stats=s))(
+        state.clients, client_grads, client_stats)
+    server = state.server.apply_gradients(grads=server_grads, batch_stats=server_stats)
+    new_state = state.replace(step=state.step + 1, clients=clients, server=server)
+    return new_state, _metrics(ce, losses.correct(logits, labels), penalty_metrics)
+
+
+def sequential_round(state: SFLState, images, labels, server_key, *, model: SplitModel,
+                     penalty: Callable = _no_penalty):
+    """Sequential-schedule (reference V2) round on prepared images; see ``parallel_round``."""
+    num_clients = labels.shape[0]
+
+    def one_client(server, xs):
+        client, decoder, client_images, client_labels, index = xs
+
+        def loss_fn(client_params, server_params):
+            features, client_stats = client_apply(model, client_params, client.batch_stats,
+                                                  client_images, train=True)
+            penalty_value, penalty_metrics = penalty(decoder, features, client_images)
+            logits, server_stats = server_apply(model, server_params, server.batch_stats,
+                                                features, jax.random.fold_in(server_key, index),
+                                                train=True)
+            ce = losses.cross_entropy(logits, client_labels)  # [B]
+            return jnp.mean(ce) + penalty_value, (ce, logits, client_stats, server_stats,
+                                                  penalty_metrics)
+
+        grads, aux = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(client.params, server.params)
+        ce, logits, client_stats, server_stats, penalty_metrics = aux
+        server = server.apply_gradients(grads=grads[1], batch_stats=server_stats)
+        client = client.apply_gradients(grads=grads[0], batch_stats=client_stats)
+        return server, (client, ce, losses.correct(logits, client_labels), penalty_metrics)
+
+    server, (clients, ce, correct, penalty_metrics) = jax.lax.scan(
+        one_client, state.server,
+        (state.clients, state.decoders, images, labels, jnp.arange(num_clients)))
+    new_state = state.replace(step=state.step + 1, clients=clients, server=server)
+    return new_state, _metrics(ce, correct, penalty_metrics)
+
+
+ROUNDS = {"parallel": parallel_round, "sequential": sequential_round}
+
+
+def parallel_step(state: SFLState, batch, key, *, model: SplitModel, augment: str):
+    """One vanilla round with the ``parallel`` server schedule.
+
+    Args:
+      state: SFLState with K client slots.
+      batch: {'image': uint8 or float [K, B, H, W, 3], 'label': int32 [K, B]}.
+      key: typed PRNG key for this round.
+
+    Returns:
+      (new_state, metrics) with scalar metrics 'train/ce_loss' and 'train/accuracy'.
+    """
+    aug_key, server_key = round_keys(key)
+    images = prepare_images(aug_key, batch["image"], augment=augment)
+    return parallel_round(state, images, batch["label"], server_key, model=model)
+
+
+def sequential_step(state: SFLState, batch, key, *, model: SplitModel, augment: str):
+    """One vanilla round with the reference's ``sequential`` (V2) schedule; see parallel_step."""
+    aug_key, server_key = round_keys(key)
+    images = prepare_images(aug_key, batch["image"], augment=augment)
+    return sequential_round(state, images, batch["label"], server_key, model=model)
+
+
+def check_schedule(schedule: str) -> None:
+    if schedule not in ROUNDS:
+        raise ValueError(f"Unknown server schedule {schedule!r}; choose one of {SCHEDULES}.")
+
+
+def make_train_step(*, model: SplitModel, schedule: str, augment: str):
+    """Returns the unjitted ``(state, batch, key) -> (state, metrics)`` for ``schedule``."""
+    check_schedule(schedule)
+    step = parallel_step if schedule == "parallel" else sequential_step
+    return functools.partial(step, model=model, augment=augment)
+
+
+def eval_step(state: SFLState, batch, *, model: SplitModel, client_index: int = 0):
+    """Test-set evaluation of one client copy (after FedAvg all copies are equal).
+
+    Args:
+      batch: {'image': uint8 [N, H, W, 3], 'label': int32 [N], 'mask': bool [N]}; masked-out
+        rows are padding so every eval batch has a static shape.
+
+    Returns:
+      {'correct': float32 sum, 'count': float32 sum, 'ce_sum': float32 sum} over unmasked rows.
+    """
+    client = jax.tree.map(lambda x: x[client_index], state.clients)
+    images = augment_lib.to_float(batch["image"])
+    features, _ = client_apply(model, client.params, client.batch_stats, images, train=False)
+    logits, _ = server_apply(model, state.server.params, state.server.batch_stats, features,
+                             None, train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    return {"correct": jnp.sum(losses.correct(logits, batch["label"]) * mask),
+            "count": jnp.sum(mask),
+            "ce_sum": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask)}

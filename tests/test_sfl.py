@@ -1,0 +1,169 @@
+"""SFL steps: vmap == loop over clients, sequential == parallel at K=1, no recompilation."""
+
+import functools
+import logging
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ressfl_jax import federated, losses, optim
+from ressfl_jax.models import build_split_model
+from ressfl_jax.state import create_sfl_state, sync_clients
+from ressfl_jax.training import sfl
+
+K, B = 3, 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
+                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16)
+
+
+def make_state(model, num_clients, lr=0.1):
+    tx = optim.make_sgd(lr, momentum=0.9, weight_decay=5e-4)
+    return create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
+                            num_clients=num_clients)
+
+
+def make_batch(num_clients, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.integers(0, 256, (num_clients, B, 32, 32, 3), np.uint8)),
+            "label": jnp.asarray(rng.integers(0, 10, (num_clients, B)), jnp.int32)}
+
+
+def perturb_clients(state):
+    """Makes the client copies differ so that per-client bookkeeping errors are visible."""
+    def bump(x):
+        scale = 1 + 0.1 * jnp.arange(x.shape[0], dtype=x.dtype)
+        return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
+    return state.replace(clients=state.clients.replace(
+        params=jax.tree.map(bump, state.clients.params)))
+
+
+def test_parallel_step_equals_loop_over_clients(model):
+    state = perturb_clients(make_state(model, K))
+    batch = make_batch(K)
+    key = jax.random.key(7)
+    new_state, metrics = jax.jit(functools.partial(sfl.parallel_step, model=model,
+                                                   augment="none"))(state, batch, key)
+
+    # Oracle: explicit Python loop over clients, concatenated server batch.
+    _, server_key = sfl.round_keys(key)
+    images = batch["image"].astype(jnp.float32) / 255.0
+    clients = [federated.unstack(state.clients, i) for i in range(K)]
+
+    def loss_fn(client_params_list, server_params):
+        feats, stats = [], []
+        for i in range(K):
+            f, s = sfl.client_apply(model, client_params_list[i], clients[i].batch_stats,
+                                    images[i], train=True)
+            feats.append(f)
+            stats.append(s)
+        logits, server_stats = sfl.server_apply(
+            model, server_params, state.server.batch_stats, jnp.concatenate(feats),
+            jax.random.fold_in(server_key, 0), train=True)
+        ce = losses.cross_entropy(logits, batch["label"].reshape(-1)).reshape(K, B)
+        return jnp.mean(ce), (stats, server_stats)
+
+    (cg, sg), (stats, server_stats) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        [c.params for c in clients], state.server.params)
+    want_clients = [clients[i].apply_gradients(grads=jax.tree.map(lambda g: g * K, cg[i]),
+                                               batch_stats=stats[i]) for i in range(K)]
+    want_server = state.server.apply_gradients(grads=sg, batch_stats=server_stats)
+
+    for i in range(K):
+        chex.assert_trees_all_close(federated.unstack(new_state.clients, i).params,
+                                    want_clients[i].params, atol=1e-5)
+        chex.assert_trees_all_close(federated.unstack(new_state.clients, i).batch_stats,
+                                    want_clients[i].batch_stats, atol=1e-5)
+    chex.assert_trees_all_close(new_state.server.params, want_server.params, atol=1e-5)
+    chex.assert_trees_all_close(new_state.server.batch_stats, want_server.batch_stats, atol=1e-5)
+    assert int(new_state.step) == 1
+    assert set(metrics) == {"train/ce_loss", "train/accuracy"}
+
+
+def test_sequential_step_equals_loop_over_clients(model):
+    state = perturb_clients(make_state(model, K))
+    batch = make_batch(K, seed=1)
+    key = jax.random.key(3)
+    step = jax.jit(functools.partial(sfl.sequential_step, model=model, augment="none"))
+    new_state, _ = step(state, batch, key)
+
+    # Oracle: one-client rounds in a Python loop, carrying the server; each client must see
+    # the server as updated by the previous clients and the same dropout key as in the scan.
+    server = state.server
+    _, server_key = sfl.round_keys(key)
+    for i in range(K):
+        client = federated.unstack(state.clients, i)
+        images = batch["image"][i].astype(jnp.float32) / 255.0
+
+        def loss_fn(cp, sp, client=client, server=server, images=images, i=i):
+            f, cs = sfl.client_apply(model, cp, client.batch_stats, images, train=True)
+            logits, ss = sfl.server_apply(model, sp, server.batch_stats, f,
+                                          jax.random.fold_in(server_key, i), train=True)
+            return jnp.mean(losses.cross_entropy(logits, batch["label"][i])), (cs, ss)
+
+        (cg, sg), (cs, ss) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(client.params,
+                                                                               server.params)
+        server = server.apply_gradients(grads=sg, batch_stats=ss)
+        want = client.apply_gradients(grads=cg, batch_stats=cs)
+        chex.assert_trees_all_close(federated.unstack(new_state.clients, i).params,
+                                    want.params, atol=1e-5)
+    chex.assert_trees_all_close(new_state.server.params, server.params, atol=1e-5)
+    chex.assert_trees_all_close(new_state.server.batch_stats, server.batch_stats, atol=1e-5)
+
+
+def test_sequential_equals_parallel_for_one_client(model):
+    state = make_state(model, 1)
+    batch = make_batch(1, seed=2)
+    key = jax.random.key(11)
+    outs = [jax.jit(functools.partial(step, model=model, augment="crop_flip"))(state, batch, key)
+            for step in (sfl.parallel_step, sfl.sequential_step)]
+    chex.assert_trees_all_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(outs[0][1], outs[1][1], atol=1e-5, rtol=1e-5)
+
+
+def test_training_lowers_loss_on_a_fixed_batch(model):
+    state = make_state(model, 2, lr=0.05)
+    batch = make_batch(2, seed=4)
+    step = jax.jit(sfl.make_train_step(model=model, schedule="parallel", augment="none"),
+                   donate_argnums=0)
+    first = None
+    for i in range(15):
+        state, metrics = step(state, batch, jax.random.key(i))
+        first = float(metrics["train/ce_loss"]) if first is None else first
+    assert float(metrics["train/ce_loss"]) < 0.85 * first  # Dropout 0.5 in the head: noisy.
+
+
+def test_no_recompilation_on_second_step(model, caplog):
+    step = jax.jit(sfl.make_train_step(model=model, schedule="sequential", augment="crop_flip"),
+                   donate_argnums=0)
+    state = make_state(model, 2)
+    state, _ = step(state, make_batch(2, seed=0), jax.random.key(0))
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles():
+        state, _ = step(state, make_batch(2, seed=1), jax.random.key(1))
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+
+
+def test_sync_averages_params_and_batch_stats_not_momentum(model):
+    state = perturb_clients(make_state(model, K))
+    state, _ = jax.jit(functools.partial(sfl.parallel_step, model=model, augment="none"))(
+        state, make_batch(K), jax.random.key(0))
+    synced = sync_clients(state)
+    for tree in (synced.clients.params, synced.clients.batch_stats):
+        for leaf in jax.tree.leaves(tree):
+            np.testing.assert_allclose(leaf[0], leaf[-1], rtol=1e-6)
+    mean = jax.tree.map(lambda x: jnp.mean(x, 0), state.clients.params)
+    chex.assert_trees_all_close(federated.unstack(synced.clients.params, 1), mean, atol=1e-6)
+    # Momentum buffers belong to client slots and are not averaged (reference semantics).
+    chex.assert_trees_all_equal(synced.clients.opt_state, state.clients.opt_state)
+
+
+def test_unknown_schedule_is_rejected(model):
+    with pytest.raises(ValueError, match="'v2'"):
+        sfl.make_train_step(model=model, schedule="v2", augment="none")
