@@ -38,6 +38,14 @@ class MetricBuffer:
         first = self._first_step
         self._items, self._first_step = [], None
         means = {k: float(np.mean([np.asarray(m[k], np.float64) for m in host])) for k in host[0]}
+        # "NAME#weight" marks NAME as a weighted mean (e.g. a loss only defined on some steps):
+        # NAME was logged as value * weight, so the weighted mean is mean(NAME) / mean(weight).
+        for name in [k for k in means if k.endswith("#weight")]:
+            weight = means.pop(name)
+            value_name = name[:-len("#weight")]
+            value = means.pop(value_name)
+            if weight > 0:
+                means[value_name] = value / weight
         bad = sorted(k for k, v in means.items() if not math.isfinite(v))
         if bad:
             raise FloatingPointError(

@@ -1,0 +1,157 @@
+"""The ResSFL minimax: sign, role isolation, vmap == loop, hinge, interval."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ressfl_jax import federated, losses, optim
+from ressfl_jax.models import build_split_model, feature_shape
+from ressfl_jax.models.decoders import build_decoder
+from ressfl_jax.state import create_sfl_state
+from ressfl_jax.training import ressfl, sfl
+
+K, B = 2, 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
+                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16)
+    shape = feature_shape(model)
+    decoder = build_decoder("conv_normN0C16", feature_shape=shape)
+    tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
+    state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
+                             num_clients=K)
+    decoders = ressfl.create_decoders(jax.random.key(1), decoder, num_clients=K,
+                                      feature_shape=shape, tx=optax.adam(1e-3))
+    state = state.replace(decoders=decoders)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (K, B, 32, 32, 3), np.uint8)),
+             "label": jnp.asarray(rng.integers(0, 10, (K, B)), jnp.int32)}
+    # Train the decoders a little so the penalty has something to fight.
+    images = batch["image"].astype(jnp.float32) / 255.0
+    step = jax.jit(functools.partial(ressfl.decoder_step, model=model, decoder=decoder,
+                                     kind="mse", steps=5))
+    state, _ = step(state, images)
+    return model, decoder, state, batch
+
+
+def step_fn(model, decoder, **kw):
+    settings = dict(schedule="parallel", augment="none", alpha=0.0, threshold=0.0, kind="ssim",
+                    interval=1, decoder_steps=1, steps_per_epoch=10)
+    settings.update(kw)
+    return jax.jit(ressfl.make_ressfl_step(model=model, decoder=decoder, **settings))
+
+
+def attacker_loss(model, decoder, state, batch, kind):
+    """Mean inversion loss (-SSIM or MSE) of each client's frozen decoder on its client."""
+    images = batch["image"].astype(jnp.float32) / 255.0
+
+    def one(client_params, client_stats, dec, x):
+        features, _ = sfl.client_apply(model, client_params, client_stats, x, train=True)
+        recon = decoder.apply({"params": dec.params, "batch_stats": dec.batch_stats}, features,
+                              train=False)
+        return losses.inversion_loss(recon, x, kind=kind)
+
+    return float(jnp.mean(jax.vmap(one)(state.clients.params, state.clients.batch_stats,
+                                        state.decoders, images)))
+
+
+def test_decoder_step_changes_only_decoders(setup):
+    model, decoder, state, batch = setup
+    images = batch["image"].astype(jnp.float32) / 255.0
+    new, loss = jax.jit(functools.partial(ressfl.decoder_step, model=model, decoder=decoder,
+                                          kind="ssim", steps=2))(state, images)
+    chex.assert_trees_all_equal(new.clients, state.clients)
+    chex.assert_trees_all_equal(new.server, state.server)
+    assert loss.shape == (K,)
+    assert not np.allclose(np.asarray(jax.tree.leaves(new.decoders.params)[0]),
+                           np.asarray(jax.tree.leaves(state.decoders.params)[0]))
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_resistant_step_leaves_decoders_bit_identical(setup, schedule):
+    model, decoder, state, batch = setup
+    penalty = ressfl.make_penalty(decoder, alpha=0.5, threshold=0.0, kind="ssim")
+    images = batch["image"].astype(jnp.float32) / 255.0
+    new, metrics = jax.jit(functools.partial(sfl.ROUNDS[schedule], model=model,
+                                             penalty=penalty))(
+        state, images, batch["label"], jax.random.key(3))
+    chex.assert_trees_all_equal(new.decoders, state.decoders)
+    assert {"train/inversion_ssim", "train/inversion_mse", "train/penalty"} <= set(metrics)
+
+
+@pytest.mark.parametrize("kind", ["ssim", "mse"])
+def test_minimax_sign_positive_alpha_hurts_the_decoder(setup, kind):
+    model, decoder, state, batch = setup
+    # interval > steps: the decoders stay frozen except on round 0; compare clients only.
+    results = {}
+    for alpha in (0.0, 10.0):
+        s = state
+        step = step_fn(model, decoder, alpha=alpha, kind=kind, interval=10, steps_per_epoch=10)
+        s = s.replace(step=jnp.asarray(1, jnp.int32))  # Round 1: no decoder update.
+        for i in range(3):
+            s, _ = step(s, batch, jax.random.key(i))
+        chex.assert_trees_all_equal(s.decoders, state.decoders)
+        results[alpha] = attacker_loss(model, decoder, s, batch, kind)
+    # Same start, same batches, same keys: only alpha differs, so any gap is the penalty's.
+    assert results[10.0] > results[0.0] + 1e-4 * abs(results[0.0]), results
+
+
+def test_hinge_above_one_equals_vanilla(setup):
+    model, decoder, state, batch = setup
+    key = jax.random.key(5)
+    s = state.replace(step=jnp.asarray(1, jnp.int32))
+    defended, _ = step_fn(model, decoder, alpha=5.0, threshold=1.0, interval=2)(s, batch, key)
+    vanilla, _ = jax.jit(sfl.make_train_step(model=model, schedule="parallel",
+                                             augment="none"))(s, batch, key)
+    chex.assert_trees_all_close(defended.clients, vanilla.clients, atol=1e-6)
+    chex.assert_trees_all_close(defended.server, vanilla.server, atol=1e-6)
+
+
+def test_vmapped_decoders_equal_loop(setup):
+    model, decoder, state, batch = setup
+    # SGD, not Adam: a conv bias feeding BatchNorm has a zero true gradient, and Adam's
+    # normalisation would blow its float noise up to lr-sized steps in both computations.
+    sgd = ressfl.create_decoders(jax.random.key(1), decoder, num_clients=K,
+                                 feature_shape=feature_shape(model), tx=optax.sgd(0.1))
+    state = state.replace(decoders=sgd.replace(params=jax.tree.map(
+        lambda x: x * (1 + 0.1 * jnp.arange(K, dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))),
+        sgd.params)))
+    images = batch["image"].astype(jnp.float32) / 255.0
+    new, loss = ressfl.decoder_step(state, images, model=model, decoder=decoder, kind="mse")
+    for i in range(K):
+        one = state.replace(clients=jax.tree.map(lambda x, i=i: x[i:i + 1], state.clients),
+                            decoders=jax.tree.map(lambda x, i=i: x[i:i + 1], state.decoders))
+        want, want_loss = ressfl.decoder_step(one, images[i:i + 1], model=model,
+                                              decoder=decoder, kind="mse")
+        chex.assert_trees_all_close(federated.unstack(new.decoders, i),
+                                    federated.unstack(want.decoders, 0), atol=1e-5)
+        np.testing.assert_allclose(loss[i], want_loss[0], rtol=1e-5)
+
+
+def test_interval_updates_decoder_only_on_multiples(setup):
+    model, decoder, state, batch = setup
+    step = step_fn(model, decoder, alpha=0.3, threshold=0.0, interval=3, steps_per_epoch=7)
+    for round_index, updates in ((7, True), (8, False), (10, True), (11, False)):
+        s = state.replace(step=jnp.asarray(round_index, jnp.int32))
+        new, metrics = step(s, batch, jax.random.key(0))
+        changed = not np.array_equal(np.asarray(jax.tree.leaves(new.decoders.params)[0]),
+                                     np.asarray(jax.tree.leaves(s.decoders.params)[0]))
+        assert changed == updates, round_index
+        assert float(metrics["attacker/recon_loss#weight"]) == float(updates)
+
+
+def test_bad_settings(setup):
+    model, decoder, _, _ = setup
+    with pytest.raises(ValueError, match="'l2'"):
+        step_fn(model, decoder, kind="l2")
+    with pytest.raises(ValueError, match="interval"):
+        step_fn(model, decoder, interval=0)
+    with pytest.raises(ValueError, match="alpha"):
+        step_fn(model, decoder, alpha=-1.0)
