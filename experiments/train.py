@@ -6,7 +6,7 @@
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import common
@@ -43,6 +43,8 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("runs", f"train_{config.preset or 'custom'}")
     summary = run(config, workdir, resume=_RESUME.value)
