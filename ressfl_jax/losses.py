@@ -35,12 +35,6 @@ def correct(logits, labels):
     return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
 
 
-def all_finite(tree) -> jax.Array:
-    """bool scalar: every leaf of ``tree`` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     """1-D Gaussian of ``size`` taps normalised to sum 1 (the 2-D window is its outer product)."""
     x = np.arange(size, dtype=np.float64) - size // 2

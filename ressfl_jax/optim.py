@@ -52,7 +52,3 @@ def make_sgd(schedule: optax.ScalarOrSchedule, *, momentum: float,
     return optax.chain(optax.add_decayed_weights(weight_decay),
                        optax.sgd(schedule, momentum=momentum if momentum else None))
 
-
-def current_lr(schedule: optax.Schedule, count) -> float:
-    """Host-side helper for logging the LR at an update count."""
-    return float(schedule(jnp.asarray(count)))

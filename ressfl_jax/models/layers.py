@@ -280,3 +280,20 @@ def avg_pool(x: jax.Array, window: int) -> jax.Array:
     dims = (1, window, window, 1)
     summed = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, dims, dims, "VALID")
     return summed / (window * window)
+
+
+class PooledHead(nn.Module):
+    """``avg_pool2d(x, pool)``, flatten, Dense(num_classes): the ResNet and MobileNetV2 heads."""
+
+    num_classes: int
+    pool: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """Maps [B, pool, pool, C] to logits [B, num_classes]."""
+        del train  # no dropout or BN in the head
+        x = avg_pool(x, self.pool)
+        x = x.reshape(x.shape[0], -1)  # [B, C] for 32x32 inputs
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc",
+                        **inits("torch", fan_in=x.shape[-1]))(x)

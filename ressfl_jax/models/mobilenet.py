@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from ressfl_jax.models.layers import Conv, ConvBN, avg_pool, batch_norm, inits, scaled
+from ressfl_jax.models.layers import Conv, ConvBN, PooledHead, batch_norm, inits, scaled
 
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
           (6, 160, 3, 2), (6, 320, 1, 1))
@@ -127,22 +127,6 @@ class Stage(nn.Module):
         return x
 
 
-class MobileNetHead(nn.Module):
-    """4x4 average pool (as PyTorch's ``avg_pool2d(x, 4)``), flatten, Dense(num_classes)."""
-
-    num_classes: int
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Maps [B, 4, 4, 1280] to logits [B, num_classes]."""
-        del train  # no dropout or BN in the head
-        x = avg_pool(x, 4)
-        x = x.reshape(x.shape[0], -1)  # [B, C] for 32x32 inputs
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc",
-                        **inits("torch", fan_in=x.shape[-1]))(x)
-
-
 def num_layers(arch: str) -> int:
     """Length of the layer list (9: stem, 7 stages, last conv)."""
     del arch
@@ -158,6 +142,6 @@ def make_parts(arch: str, *, cut_layer: int, num_classes: int, width_mult: float
         client_body=MobileNetLayers(start=0, stop=cut_layer, init_scheme="xavier", **common),
         server_body=MobileNetLayers(start=cut_layer, stop=NUM_LAYERS, init_scheme="torch",
                                     **common),
-        head=MobileNetHead(num_classes, dtype),
+        head=PooledHead(num_classes, 4, dtype),
         cut_channels=layer_channels(cut_layer - 1, width_mult),
         compress_init="xavier", expand_init="torch", mobilenet_quirks=True)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ressfl_jax.models.layers import Conv, ConvBN, avg_pool, batch_norm, inits, scaled
+from ressfl_jax.models.layers import Conv, ConvBN, PooledHead, batch_norm, inits, scaled
 
 DEPTHS = {"resnet20": 20, "resnet32": 32}
 STAGE_WIDTHS = (16, 32, 64)
@@ -100,22 +100,6 @@ class ResNetLayers(nn.Module):
         return x
 
 
-class ResNetHead(nn.Module):
-    """8x8 average pool (as PyTorch's ``avg_pool2d(x, 8)``), flatten, Dense(num_classes)."""
-
-    num_classes: int
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Maps [B, 8, 8, C] to logits [B, num_classes]."""
-        del train  # no dropout or BN in the head
-        x = avg_pool(x, 8)
-        x = x.reshape(x.shape[0], -1)  # [B, C] for 32x32 inputs
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc",
-                        **inits("torch", fan_in=x.shape[-1]))(x)
-
-
 def num_layers(arch: str) -> int:
     """Length of the layer list (10 for ResNet-20, 16 for ResNet-32)."""
     return 3 * _blocks_per_stage(DEPTHS[arch]) + 1
@@ -130,6 +114,6 @@ def make_parts(arch: str, *, cut_layer: int, num_classes: int, width_mult: float
         client_body=ResNetLayers(start=0, stop=cut_layer, init_scheme="he_fan_out", **common),
         server_body=ResNetLayers(start=cut_layer, stop=num_layers(arch), init_scheme="torch",
                                  **common),
-        head=ResNetHead(num_classes, dtype),
+        head=PooledHead(num_classes, 8, dtype),
         cut_channels=layer_channels(depth, cut_layer - 1, width_mult),
         compress_init="he_fan_out", expand_init="he_fan_out_zero_bias", mobilenet_quirks=False)
