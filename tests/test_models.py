@@ -345,13 +345,17 @@ def test_archs_listed():
     assert set(ARCHS) >= {"vgg11_bn", "vgg11", "resnet20", "mobilenetv2"}
 
 
-@pytest.mark.parametrize("side,im2col", [(2, True), (4, True), (8, False)])
-def test_auto_conv_impl_uses_im2col_only_for_small_inputs_on_cpu(side, im2col):
-    x = jax.ShapeDtypeStruct((2, side, side, 4), jnp.float32)
-    conv = Conv(4, 3, padding=1)  # impl="auto"
-    params = jax.eval_shape(lambda x: conv.init(rng(0), x), x)
-    jaxpr = str(jax.make_jaxpr(conv.apply)(params, x))
-    assert ("conv_general_dilated" not in jaxpr) == (im2col and jax.default_backend() == "cpu")
+@pytest.mark.parametrize("arch,bottleneck", [("vgg11_bn", "C4S2"), ("resnet20", "C4S2"),
+                                               ("mobilenetv2", "C4S4")])
+def test_auto_conv_impl_uses_no_conv_op_on_cpu(arch, bottleneck):
+    # Every conv of the models (strided, 1x1, depthwise, transposed) avoids XLA-CPU's conv.
+    model, x = build(arch, 3, bottleneck), jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    client_vars, features, server_vars, _ = abstract_init(model)
+    jaxprs = [jax.make_jaxpr(lambda v, x: model.client.apply(v, x, train=False))(client_vars, x),
+              jax.make_jaxpr(lambda v, f: model.server.apply(v, f, train=False))(server_vars,
+                                                                                 features)]
+    used = any("conv_general_dilated" in str(jaxpr) for jaxpr in jaxprs)
+    assert used != (jax.default_backend() == "cpu")
 
 
 def test_modules_can_be_initialised_directly():

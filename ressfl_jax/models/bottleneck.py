@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from ressfl_jax.models.layers import Conv, inits
+from ressfl_jax.models.layers import Conv, ConvTranspose, inits
 
 _NO_RELU_TAGS = ("noRELU", "norelu", "noReLU")
 
@@ -156,10 +156,10 @@ class Expand(nn.Module):
         x = self._conv_t(self.out_channels)(x)
         return nn.relu(x) if relu else x
 
-    def _conv_t(self, features: int) -> nn.ConvTranspose:
+    def _conv_t(self, features: int) -> ConvTranspose:
         # PyTorch ConvT(k3, s2, pad 1, output_pad 1) maps H -> 2H; in flax that is padding (1, 2)
         # with transpose_kernel=True (then output pixels align exactly as in PyTorch, spec §3.7).
         # PyTorch's fan-in of a ConvTranspose2d is C_out * k * k (spec §2.1).
-        return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
-                                transpose_kernel=True, dtype=self.dtype,
-                                **inits("torch", fan_in=features * 9))
+        return ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
+                             transpose_kernel=True, impl=self.conv_impl, dtype=self.dtype,
+                             **inits("torch", fan_in=features * 9))

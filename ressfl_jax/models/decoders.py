@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ressfl_jax.models.layers import CONV_IMPLS, Conv, batch_norm, inits
+from ressfl_jax.models.layers import CONV_IMPLS, Conv, ConvTranspose, batch_norm, inits
 
 DECODER_FAMILIES = ("conv_norm", "res_norm", "custom")
 DECODER_INITS = ("xavier", "torch")
@@ -111,11 +111,11 @@ class _Layers(NamedTuple):
                     dtype=self.dtype, impl=self.impl, name=name,
                     **inits(self.init, fan_in=c_in * kernel * kernel))
 
-    def conv_t(self, features: int) -> nn.ConvTranspose:
+    def conv_t(self, features: int) -> ConvTranspose:
         """ConvT(k3, s2, p1, output_pad 1): H -> 2H (PyTorch fan_in = C_out * 3 * 3)."""
-        return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
-                                transpose_kernel=True, dtype=self.dtype,
-                                **inits(self.init, fan_in=features * 9))
+        return ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
+                             transpose_kernel=True, dtype=self.dtype, impl=self.impl,
+                             **inits(self.init, fan_in=features * 9))
 
     def bn(self, train: bool, name: str | None = None) -> nn.BatchNorm:
         """BatchNorm with PyTorch defaults."""

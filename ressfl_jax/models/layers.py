@@ -22,8 +22,6 @@ import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "im2col")
-# "auto" uses im2col for 3x3 stride-1 convs on CPU when both spatial sides are <= this.
-AUTO_IM2COL_MAX_SIDE = 4
 
 Initializer = Any
 PaddingLike = str | int | Sequence[tuple[int, int]]
@@ -126,32 +124,121 @@ def batch_norm(train: bool, *, dtype: Any = None, name: str | None = None) -> Ba
                      name=name)
 
 
-def _explicit_pads(padding: PaddingLike, ksize: tuple[int, int], strides: tuple[int, int]
-                   ) -> list[tuple[int, int]] | str:
-    """(lo, hi) pairs per spatial dim; "SAME" stays a string only where it is not symmetric."""
+def _pair(value: int | Sequence[int] | None, name: str) -> tuple[int, int]:
+    """(v, v) for an int (None: 1), else the 2-sequence as a tuple; all positive ints."""
+    pair = (1, 1) if value is None else (value,) * 2 if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them; got {value!r}")
+    return pair
+
+
+def _pad_pairs(padding: Sequence) -> list[tuple[int, int]]:
+    """Explicit padding: 2 spatial entries, each an int p (= (p, p)) or a (lo, hi) pair."""
+    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    if len(pads) != 2 or not all(len(p) == 2 and all(isinstance(v, int) for v in p)
+                                 for p in pads):
+        raise ValueError(f"padding must be 'SAME', 'VALID', an int or 2 (lo, hi) pairs; "
+                         f"got {padding!r}")
+    return pads
+
+
+def _explicit_pads(padding: PaddingLike, in_hw: Sequence[int], ksize: tuple[int, int],
+                   strides: tuple[int, int]) -> list[tuple[int, int]]:
+    """(lo, hi) pairs per spatial dim of a forward conv, with lax's "SAME"/"VALID" rules."""
     if isinstance(padding, int):
         return [(padding, padding)] * 2
-    if padding == "VALID":
-        return [(0, 0)] * 2
-    if padding == "SAME":
-        if strides == (1, 1) and all(k % 2 == 1 for k in ksize):
-            return [(k // 2, k // 2) for k in ksize]
-        return padding
+    if padding in ("SAME", "VALID"):
+        return [tuple(p) for p in lax.padtype_to_pads(in_hw, ksize, strides, padding)]
     if isinstance(padding, str):
         raise ValueError(f"padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
-    return [tuple(p) for p in padding]
+    return _pad_pairs(padding)
 
 
-def _im2col(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
-    """Stride-1 ungrouped conv as pad -> concat of kh*kw shifted slices -> matmul (NHWC, HWIO)."""
+def _transpose_pad(k: int, s: int, padding: str) -> tuple[int, int]:
+    """lax.conv_transpose's (lo, hi) padding of the dilated input for "SAME"/"VALID"."""
+    if padding == "SAME":
+        lo = k - 1 if s > k - 1 else -(-(k + s - 2) // 2)
+        return lo, k + s - 2 - lo
+    return k - 1, s - 1 + max(k - s, 0)
+
+
+def _transpose_pads(padding: PaddingLike, ksize: tuple[int, int], strides: tuple[int, int]
+                    ) -> list[tuple[int, int]]:
+    """(lo, hi) pairs of the stride-dilated input, as ``lax.conv_transpose`` derives them."""
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    if padding in ("SAME", "VALID"):
+        return [_transpose_pad(k, s, padding) for k, s in zip(ksize, strides)]
+    if isinstance(padding, str):
+        raise ValueError(f"ConvTranspose padding must be 'SAME', 'VALID', an int or pairs; "
+                         f"got {padding!r}")
+    return _pad_pairs(padding)
+
+
+def _pad(x: jax.Array, pads: Sequence[tuple[int, int]], dilation: tuple[int, int] = (1, 1)
+         ) -> jax.Array:
+    """Zero-pads H and W by (lo, hi) (negative crops), with ``dilation - 1`` zeros between pixels."""
+    config = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(pads, dilation)] + [(0, 0, 0)]
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _shifted_slices(x: jax.Array, ksize: tuple[int, int], strides: tuple[int, int]
+                    ) -> list[jax.Array]:
+    """The kh*kw (strided) windows of a padded NHWC input, in (i, j) order, each [B, H', W', C]."""
+    (kh, kw), (sh, sw) = ksize, strides
+    hp, wp = x.shape[1:3]
+    if hp < kh or wp < kw:
+        raise ValueError(f"padded input {hp}x{wp} is smaller than the {kh}x{kw} kernel")
+    h, w = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    return [x[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def _im2col(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]],
+            strides: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1)) -> jax.Array:
+    """Ungrouped conv as pad -> concat of kh*kw (strided) slices -> one matmul (NHWC, HWIO).
+
+    ``dilation`` dilates the INPUT (zeros between pixels), as a transposed conv needs.
+    """
     kh, kw, c_in, c_out = kernel.shape
-    x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-    b, hp, wp, _ = x.shape
-    h, w = hp - kh + 1, wp - kw + 1
-    cols = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
-                           axis=-1)                      # [B, H, W, kh*kw*C_in], (i, j, c) order
+    slices = _shifted_slices(_pad(x, pads, dilation), (kh, kw), strides)
+    cols = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+    b, h, w, _ = cols.shape                              # [B, H', W', kh*kw*C_in], (i, j, c)
     out = cols.reshape(b * h * w, kh * kw * c_in) @ kernel.reshape(kh * kw * c_in, c_out)
     return out.reshape(b, h, w, c_out)
+
+
+def _depthwise(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]],
+               strides: tuple[int, int] = (1, 1)) -> jax.Array:
+    """Depthwise conv (groups = C_in, kernel [kh, kw, 1, C_in * m]) as a sum of scaled slices.
+
+    As in ``lax.conv_general_dilated``, output channel o reads input channel o // m.
+    """
+    kh, kw, one, c_out = kernel.shape
+    c_in = x.shape[-1]
+    if one != 1 or c_out % c_in:
+        raise ValueError(f"depthwise kernel must be [kh, kw, 1, C_in * m] for C_in={c_in}; "
+                         f"got {kernel.shape}")
+    x = _pad(x, pads)
+    if c_out != c_in:
+        x = jnp.repeat(x, c_out // c_in, axis=-1)
+    slices = _shifted_slices(x, (kh, kw), strides)
+    taps = kernel.reshape(kh * kw, 1, 1, 1, c_out)
+    y = slices[0] * taps[0]
+    for t in range(1, kh * kw):
+        y = y + slices[t] * taps[t]
+    return y
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+
+
+def _matmul_impl_wanted(impl: str) -> bool:
+    """Whether ``impl`` asks for the conv-op-free paths: "im2col", or "auto" on the CPU backend."""
+    _check_impl(impl)
+    return impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu")
 
 
 class Conv(nn.Module):
@@ -167,9 +254,9 @@ class Conv(nn.Module):
       dtype: compute dtype (None: inferred from inputs and params); params stay ``param_dtype``.
       param_dtype: dtype of ``kernel`` and ``bias``.
       kernel_init / bias_init: initializers.
-      impl: "xla" (lax.conv), "im2col" (every stride-1 ungrouped conv as a matmul; others fall
-        back to xla) or "auto" (im2col only on the CPU backend for 3x3 stride-1 ungrouped convs
-        with both spatial sides <= ``AUTO_IM2COL_MAX_SIDE``).
+      impl: "xla" (always ``lax.conv_general_dilated``), "im2col" (ungrouped convs as im2col +
+        one matmul, depthwise convs as a sum of kh*kw scaled slices; other grouped convs fall
+        back to xla) or "auto" (the "im2col" paths on the CPU backend, xla elsewhere).
     """
 
     features: int
@@ -184,16 +271,13 @@ class Conv(nn.Module):
     bias_init: Initializer = nn.initializers.zeros_init()
     impl: str = "auto"
 
-    def _use_im2col(self, x_shape, ksize, strides, pads) -> bool:
-        if self.impl not in CONV_IMPLS:
-            raise ValueError(f"Conv impl must be one of {CONV_IMPLS}, got {self.impl!r}")
-        if (self.impl == "xla" or strides != (1, 1) or self.feature_group_count != 1
-                or isinstance(pads, str)):
-            return False
-        if self.impl == "im2col":
-            return True
-        small = max(x_shape[1], x_shape[2]) <= AUTO_IM2COL_MAX_SIDE
-        return jax.default_backend() == "cpu" and ksize == (3, 3) and small
+    def _path(self, c_in: int) -> str:
+        """"im2col", "depthwise" or "xla": how this conv is computed."""
+        if not _matmul_impl_wanted(self.impl):
+            return "xla"
+        if self.feature_group_count == 1:
+            return "im2col"
+        return "depthwise" if self.feature_group_count == c_in else "xla"
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -207,25 +291,86 @@ class Conv(nn.Module):
         """
         if inputs.ndim != 4:
             raise ValueError(f"Conv expects NHWC inputs [B, H, W, C]; got shape {inputs.shape}")
-        ksize = ((self.kernel_size,) * 2 if isinstance(self.kernel_size, int)
-                 else tuple(self.kernel_size))
-        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-        c_in = inputs.shape[-1]
-        if c_in % self.feature_group_count:
-            raise ValueError(f"C_in={c_in} is not divisible by groups={self.feature_group_count}")
-        kernel = self.param("kernel", self.kernel_init,
-                            ksize + (c_in // self.feature_group_count, self.features),
+        ksize = _pair(self.kernel_size, "kernel_size")
+        strides = _pair(self.strides, "strides")
+        c_in, groups = inputs.shape[-1], self.feature_group_count
+        if c_in % groups or self.features % groups:
+            raise ValueError(f"C_in={c_in} and features={self.features} must both be divisible "
+                             f"by feature_group_count={groups}")
+        kernel = self.param("kernel", self.kernel_init, ksize + (c_in // groups, self.features),
                             self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        pads = _explicit_pads(self.padding, ksize, strides)
-        if self._use_im2col(inputs.shape, ksize, strides, pads):
-            y = _im2col(x, kernel, pads)
+        pads = _explicit_pads(self.padding, inputs.shape[1:3], ksize, strides)
+        path = self._path(c_in)
+        if path == "im2col":
+            y = _im2col(x, kernel, pads, strides)
+        elif path == "depthwise":
+            y = _depthwise(x, kernel, pads, strides)
         else:
             y = lax.conv_general_dilated(x, kernel, strides, pads,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                         feature_group_count=self.feature_group_count)
+                                         feature_group_count=groups)
+        if bias is not None:
+            y = y + bias.reshape(1, 1, 1, -1)
+        return y
+
+
+class ConvTranspose(nn.Module):
+    """Transposed 2D conv on NHWC inputs; a drop-in for ``nn.ConvTranspose`` (2D, no dilation).
+
+    Same params as flax (``kernel`` [kh, kw, C_out, C_in] with ``transpose_kernel`` else
+    [kh, kw, C_in, C_out], ``bias`` [C_out]) and the semantics of ``lax.conv_transpose``: a
+    stride-1 conv of the input dilated by ``strides`` (zeros between pixels) and padded by
+    ``padding`` ("SAME"/"VALID" as lax derives them, or explicit (lo, hi) pairs of the dilated
+    input), with the kernel spatially flipped and its in/out axes swapped if ``transpose_kernel``.
+
+    Attributes:
+      features: C_out.
+      kernel_size: (kh, kw) or an int.
+      strides: (sh, sw), an int or None (1).
+      padding: "SAME", "VALID", an int or per-dim (lo, hi) pairs ("CIRCULAR" is not supported).
+      use_bias: whether to add a bias.
+      transpose_kernel: flax's flag (True: the gradient-of-conv layout, as PyTorch's ConvT).
+      dtype, param_dtype, kernel_init, bias_init: as ``Conv``.
+      impl: "xla" (``lax.conv_transpose``), "im2col" (dilate, pad, im2col matmul) or "auto"
+        (im2col on the CPU backend, xla elsewhere).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] | None = None
+    padding: PaddingLike = "SAME"
+    use_bias: bool = True
+    transpose_kernel: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Maps [B, H, W, C_in] to [B, H', W', C_out] (H' = (H - 1) * sh + 1 + pads - kh + 1)."""
+        if inputs.ndim != 4:
+            raise ValueError(f"ConvTranspose expects NHWC inputs [B, H, W, C]; got shape "
+                             f"{inputs.shape}")
+        ksize = _pair(self.kernel_size, "kernel_size")
+        strides = _pair(self.strides, "strides")
+        pads = _transpose_pads(self.padding, ksize, strides)
+        c_in = inputs.shape[-1]
+        io = (self.features, c_in) if self.transpose_kernel else (c_in, self.features)
+        kernel = self.param("kernel", self.kernel_init, ksize + io, self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        if _matmul_impl_wanted(self.impl):
+            hwio = jnp.flip(kernel, (0, 1)).swapaxes(2, 3) if self.transpose_kernel else kernel
+            y = _im2col(x, hwio, pads, dilation=strides)
+        else:
+            y = lax.conv_transpose(x, kernel, strides, pads, transpose_kernel=self.transpose_kernel,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if bias is not None:
             y = y + bias.reshape(1, 1, 1, -1)
         return y

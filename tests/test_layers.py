@@ -1,0 +1,196 @@
+"""layers.Conv / layers.ConvTranspose: the im2col and depthwise paths equal XLA's conv exactly.
+
+Tiny float32 shapes; every path is checked forward and by its gradient wrt input AND params,
+unbatched, under ``jax.vmap`` over stacked params (K client models) and inside ``lax.scan``.
+"""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ressfl_jax.models.layers import Conv, ConvTranspose
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+KEY = functools.partial(jax.random.key, impl="rbg")
+
+
+def _loss(module, params, x):
+    return jnp.sum(jnp.sin(module.apply(params, x)))
+
+
+def _value_and_grads(module, params, x):
+    """(output, d loss / d params, d loss / d x) for a nonlinear scalar loss."""
+    grads = jax.grad(functools.partial(_loss, module), argnums=(0, 1))(params, x)
+    return module.apply(params, x), *grads
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_value_and_grads(module, params, x):
+    return _value_and_grads(module, params, x)
+
+
+def _assert_same(fast, reference, x):
+    """``fast`` has ``reference``'s param tree and output and gradients (wrt params and x)."""
+    ref_params = reference.init(KEY(1), x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(fast.init(KEY(1), x), ref_params)
+    chex.assert_trees_all_close(fast.init(KEY(1), x), ref_params)  # same init
+    chex.assert_trees_all_close(_jit_value_and_grads(fast, ref_params, x),
+                                _jit_value_and_grads(reference, ref_params, x), **TOL)
+    return ref_params
+
+
+def _conv_ops(module, x) -> int:
+    params = jax.eval_shape(lambda x: module.init(KEY(0), x), x)
+    return str(jax.make_jaxpr(module.apply)(params, x)).count("conv_general_dilated")
+
+
+CONV_CASES = [  # (kernel, strides, padding, side)
+    (3, 1, 1, 6), (3, 2, 1, 8), (3, 2, 1, 7), (1, 1, 0, 5), (1, 2, 0, 6),
+    (3, 1, "SAME", 5), (3, 2, "SAME", 8), (3, 2, "SAME", 7), (3, 1, "VALID", 6),
+    (3, 2, "VALID", 7), (1, 2, "SAME", 5), (5, 1, 2, 6), (2, 2, "SAME", 7),
+    ((3, 1), (2, 1), ((2, 0), (0, 1)), 6), (3, 1, ((0, 1), (2, -1)), 6),
+]
+
+
+@pytest.mark.parametrize("kernel,strides,padding,side", CONV_CASES)
+def test_im2col_conv_matches_xla(kernel, strides, padding, side):
+    x = jax.random.normal(KEY(0), (2, side, side + 1, 3))
+    make = functools.partial(Conv, 4, kernel, strides=strides, padding=padding)
+    _assert_same(make(impl="im2col"), make(impl="xla"), x)
+    assert _conv_ops(make(impl="im2col"), x) == 0
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("kernel,strides,padding,side", [
+    (3, 1, 1, 6), (3, 2, 1, 8), (3, 2, 1, 7), (3, 2, "SAME", 6), (3, 1, "VALID", 5),
+    (1, 2, 0, 5), (5, 2, 2, 7)])
+def test_depthwise_conv_matches_xla(kernel, strides, padding, side, multiplier):
+    x = jax.random.normal(KEY(0), (2, side, side, 3))
+    make = functools.partial(Conv, 3 * multiplier, kernel, strides=strides, padding=padding,
+                             feature_group_count=3, use_bias=False)
+    params = _assert_same(make(impl="im2col"), make(impl="xla"), x)
+    assert params["params"]["kernel"].shape == (kernel, kernel, 1, 3 * multiplier)
+    assert _conv_ops(make(impl="im2col"), x) == 0
+
+
+def test_other_grouped_convs_fall_back_to_xla():
+    x = jax.random.normal(KEY(0), (2, 5, 5, 4))
+    make = functools.partial(Conv, 6, 3, padding=1, feature_group_count=2)
+    _assert_same(make(impl="im2col"), make(impl="xla"), x)
+    assert _conv_ops(make(impl="im2col"), x) == 1
+
+
+@pytest.mark.parametrize("kernel,strides,padding,side", [
+    (3, 2, ((1, 2), (1, 2)), 4), (3, 2, ((1, 2), (1, 2)), 5), (3, 1, 1, 5), (3, 2, "SAME", 4),
+    (3, 2, "VALID", 3), (1, 2, "SAME", 4), (4, 2, 1, 3), (2, 3, "VALID", 3), (3, 2, 0, 3),
+    (3, 2, ((0, -1), (2, 1)), 4)])
+@pytest.mark.parametrize("transpose_kernel", [True, False])
+def test_conv_transpose_matches_flax(kernel, strides, padding, side, transpose_kernel):
+    x = jax.random.normal(KEY(0), (2, side, side + 1, 3))
+    kwargs = dict(kernel_size=(kernel, kernel), strides=(strides, strides), padding=padding,
+                  transpose_kernel=transpose_kernel)
+    flax_conv_t = nn.ConvTranspose(4, **kwargs)
+    for impl in ("im2col", "xla", "auto"):
+        _assert_same(ConvTranspose(4, **kwargs, impl=impl), flax_conv_t, x)
+    assert _conv_ops(ConvTranspose(4, **kwargs, impl="im2col"), x) == 0
+    assert _conv_ops(ConvTranspose(4, **kwargs, impl="xla"), x) == 1
+
+
+def test_conv_transpose_as_used_by_decoders_keeps_names_and_init():
+    # Decoders and the bottleneck's Expand name it ConvTranspose_<i>, with flax's param names.
+    class Net(nn.Module):
+        impl: str | None
+
+        @nn.compact
+        def __call__(self, x):
+            kwargs = dict(strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True)
+            if self.impl is None:
+                return nn.ConvTranspose(5, (3, 3), **kwargs)(x)
+            return ConvTranspose(5, (3, 3), **kwargs, impl=self.impl)(x)
+
+    x = jax.random.normal(KEY(0), (2, 4, 4, 3))
+    reference = Net(None).init(KEY(1), x)
+    assert jax.tree.map(jnp.shape, reference) == {
+        "params": {"ConvTranspose_0": {"kernel": (3, 3, 5, 3), "bias": (5,)}}}
+    for impl in ("im2col", "xla"):
+        _assert_same(Net(impl), Net(None), x)
+
+
+def _batched_cases():
+    """(name, module, x [2, ...]) for the vmap and scan checks."""
+    x = jax.random.normal(KEY(0), (2, 8, 8, 4))
+    return [
+        ("conv3x3", Conv(6, 3, padding=1, impl="im2col"), x),
+        ("conv3x3 s2", Conv(6, 3, strides=2, padding=1, impl="im2col"), x),
+        ("depthwise s2", Conv(4, 3, strides=2, padding=1, feature_group_count=4,
+                              impl="im2col"), x),
+        ("conv_t", ConvTranspose(5, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
+                                 transpose_kernel=True, impl="im2col"), x),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_vmap_over_stacked_params_and_scan_match_unbatched(case):
+    _, module, x = _batched_cases()[case]
+    params = jax.vmap(lambda k: module.init(k, x))(jax.random.split(KEY(1), 2))
+    xs = jnp.stack([x, x[:, ::-1]])  # K = 2 clients, each [2, 8, 8, 4]
+    step = functools.partial(_value_and_grads, module)
+    expected = [step(jax.tree.map(lambda p: p[k], params), xs[k]) for k in range(2)]
+    expected = jax.tree.map(lambda *leaves: jnp.stack(leaves), *expected)
+    chex.assert_trees_all_close(jax.jit(jax.vmap(step))(params, xs), expected, **TOL)
+    _, scanned = jax.jit(lambda p, xs: jax.lax.scan(lambda c, a: (c, step(*a)), 0.0, (p, xs))
+                         )(params, xs)
+    chex.assert_trees_all_close(scanned, expected, **TOL)
+
+
+@pytest.mark.parametrize("side", [2, 8, 32])
+def test_auto_uses_no_conv_op_on_cpu(side):
+    x = jax.ShapeDtypeStruct((2, side, side, 4), jnp.float32)
+    on_cpu = jax.default_backend() == "cpu"
+    for module, xla_ops in [
+            (Conv(4, 3, padding=1), 1), (Conv(8, 3, strides=2, padding=1), 1),
+            (Conv(8, 1, strides=2, padding=0), 1),
+            (Conv(4, 3, padding=1, feature_group_count=4), 1),
+            (ConvTranspose(4, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
+                           transpose_kernel=True), 1)]:
+        assert _conv_ops(module, x) == (0 if on_cpu else xla_ops)
+        assert _conv_ops(module.clone(impl="xla"), x) == xla_ops
+
+
+def test_bfloat16_compute():
+    x = jax.random.normal(KEY(0), (2, 6, 6, 4))
+    for module in (Conv(4, 3, strides=2, padding=1, dtype=jnp.bfloat16, impl="im2col"),
+                   Conv(4, 3, padding=1, feature_group_count=4, dtype=jnp.bfloat16,
+                        impl="im2col"),
+                   ConvTranspose(4, 3, strides=2, padding=((1, 2), (1, 2)),
+                                 transpose_kernel=True, dtype=jnp.bfloat16, impl="im2col")):
+        params = module.init(KEY(1), x)
+        assert jax.tree.leaves(params)[0].dtype == jnp.float32
+        y = module.apply(params, x)
+        assert y.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(y, np.float32),
+                                   module.clone(impl="xla").apply(params, x).astype(jnp.float32),
+                                   rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("module,shape,match", [
+    (Conv(4, 3, impl="cudnn"), (1, 4, 4, 2), "impl"),
+    (Conv(4, 3, feature_group_count=3), (1, 4, 4, 2), "divisible"),
+    (Conv(4, 3, strides=0), (1, 4, 4, 2), "strides"),
+    (Conv(4, (3, 3, 3)), (1, 4, 4, 2), "kernel_size"),
+    (Conv(4, 3, padding="CIRCULAR"), (1, 4, 4, 2), "padding"),
+    (Conv(4, 3, padding=((1, 1),)), (1, 4, 4, 2), "padding"),
+    (Conv(4, 5, padding=0, impl="im2col"), (1, 4, 4, 2), "smaller than"),
+    (Conv(4, 3), (4, 4, 2), "NHWC"),
+    (ConvTranspose(4, 3, padding="CIRCULAR"), (1, 4, 4, 2), "padding"),
+    (ConvTranspose(4, 3, impl="fast"), (1, 4, 4, 2), "impl"),
+    (ConvTranspose(4, 3), (4, 4, 2), "NHWC"),
+])
+def test_clear_errors(module, shape, match):
+    with pytest.raises(ValueError, match=match):
+        module.init(KEY(0), jnp.zeros(shape))
