@@ -6,9 +6,12 @@ arguments into ``ressfl_jax``.
 
 import json
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 import ressfl_jax
 from ressfl_jax import optim
@@ -94,11 +97,15 @@ def steps_per_epoch(config, partitions) -> int:
     return min(steps, cap) if cap else steps
 
 
-def make_optimizers(config, steps: int):
-    """(client_tx, server_tx): reference SGD with per-epoch multistep schedules (spec §4.2/4.6)."""
+def make_optimizers(config, steps: int, *, local_lr: float | None = None):
+    """(client_tx, server_tx): reference SGD with per-epoch multistep schedules (spec §4.2/4.6).
+
+    ``local_lr`` overrides the clients' LR (default: ``optim.local_lr``, -1 = ``optim.lr``).
+    """
     milestones = [int(round(m / config.data.client_sample_ratio)) for m in config.optim.milestones]
     server_updates = steps * (config.data.num_clients if config.run.scheme == "sequential" else 1)
-    local_lr = config.optim.lr if config.optim.local_lr < 0 else config.optim.local_lr
+    if local_lr is None:
+        local_lr = config.optim.lr if config.optim.local_lr < 0 else config.optim.local_lr
     txs = []
     for lr, updates in ((local_lr, steps), (config.optim.lr, server_updates)):
         schedule = optim.make_schedule(base_lr=lr, updates_per_epoch=updates,
@@ -138,7 +145,8 @@ def loop_settings(config) -> loop.LoopSettings:
         ckpt_every_epochs=config.run.ckpt_every_epochs,
         max_steps_per_epoch=config.run.max_steps_per_epoch,
         eval_batch_size=config.data.eval_batch_size,
-        keep_checkpoints=config.run.keep_checkpoints)
+        keep_checkpoints=config.run.keep_checkpoints,
+        keep_epochs=tuple(int(e) for e in config.run.keep_epochs))
 
 
 def root_keys(seed: int):
@@ -151,3 +159,49 @@ def write_config(config, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
+
+
+def cli(run: Callable, *, name: str, report: Callable[[dict, str], None]) -> None:
+    """Runs an experiment from the command line: ``--config=FILE[:PRESET] --workdir --resume``.
+
+    Flags are defined here, when the module runs as ``__main__``, not at import: tests and the
+    pipeline import several experiment modules into one process, and absl flags are global.
+
+    Args:
+      run: ``run(config, workdir, *, resume) -> summary``.
+      name: the experiment's name; its config is ``experiments/configs/NAME.py`` and the default
+        workdir ``runs/NAME_PRESET``.
+      report: prints the summary for a person: ``report(summary, workdir)``.
+    """
+    default = os.path.join(os.path.dirname(__file__), "configs", f"{name}.py")
+    config_flag = config_flags.DEFINE_config_file("config", default,
+                                                  "Config file, optionally with :PRESET.",
+                                                  lock_config=True)
+    workdir_flag = flags.DEFINE_string("workdir", None,
+                                       f"Output directory (default runs/{name}_PRESET).")
+    resume_flag = flags.DEFINE_bool("resume", False,
+                                    "Continue from the latest checkpoint in workdir.")
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+        config = config_flag.value
+        workdir = workdir_flag.value or os.path.join("runs",
+                                                     f"{name}_{config.preset or 'custom'}")
+        report(run(config, workdir, resume=resume_flag.value), workdir)
+
+    app.run(main)
+
+
+def report_training(summary: dict, workdir: str) -> None:
+    """The one-line result of a training run (train / pretrain / transfer)."""
+    prep = summary.get("prepare")
+    if prep:
+        print(f"phase 0: attacker val MSE {prep['val_mse']:.4f}, SSIM {prep['val_ssim']:.3f} "
+              f"({prep['seconds']:.0f} s)")
+    print(f"final test accuracy {summary['final_accuracy']:.4f} "
+          f"(best {summary['best_accuracy']:.4f} at epoch {summary['best_epoch']}), "
+          f"{summary['images_per_sec']:.1f} img/s, wall {summary['wall_seconds']:.0f} s; "
+          f"summary in {workdir}/summary.json")

@@ -18,7 +18,9 @@ MAX_DEGREES = 15.0
 
 
 def to_float(images: jax.Array) -> jax.Array:
-    """uint8 images in [0, 255] -> float32 in [0, 1], same shape."""
+    """uint8 images in [0, 255] -> float32 in [0, 1]; float images (already in [0, 1]) -> f32."""
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images.astype(jnp.float32)
     return images.astype(jnp.float32) / 255.0
 
 

@@ -18,10 +18,22 @@ LAST = "last"
 BEST = "best"
 
 
-def make_manager(directory, *, max_to_keep: int | None) -> ocp.CheckpointManager:
-    """A CheckpointManager with items ``state`` and ``meta`` at ``directory``."""
+def make_manager(directory, *, max_to_keep: int | None,
+                 keep_steps: tuple[int, ...] = ()) -> ocp.CheckpointManager:
+    """A CheckpointManager with items ``state`` and ``meta`` at ``directory``.
+
+    Keeps the newest ``max_to_keep`` steps (all if None) plus every step in ``keep_steps``
+    (e.g. the epoch-0 checkpoint written before training).
+    """
+    policy = None
+    if max_to_keep is not None and keep_steps:
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(max_to_keep),
+            ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
+        max_to_keep = None
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True,
+                                           preservation_policy=policy)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_names=("state", "meta"))
 

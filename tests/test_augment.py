@@ -32,6 +32,10 @@ def test_to_float():
     out = augment.to_float(images)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, [[0.0, 0.2, 1.0]])
+    # Float images are already in [0, 1]: only the dtype changes (no second division).
+    floats = augment.to_float(jnp.array([[0.0, 0.2, 1.0]], jnp.float16))
+    assert floats.dtype == jnp.float32
+    np.testing.assert_allclose(floats, [[0.0, 0.2, 1.0]], rtol=1e-3)
 
 
 @pytest.mark.parametrize("mode", augment.MODES)

@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.run.log_every_steps = 50
     c.run.eval_every_epochs = 1
     c.run.ckpt_every_epochs = 1
-    c.run.keep_checkpoints = 2
+    c.run.keep_checkpoints = 2       # Newest periodic checkpoints kept in last/ (+ epoch 0).
+    c.run.keep_epochs = ()           # Epochs also saved and kept, e.g. (1, 2, 5, 10, 20, 50, 100)
+    #                                  as the reference's --save_more_checkpoints (Fig. 5).
     return c
 
 

@@ -39,6 +39,8 @@ class LoopSettings:
     eval_batch_size: int = 500
     keep_checkpoints: int = 2
     sync_decoders: bool = False
+    keep_epochs: tuple[int, ...] = ()  # Also saved and never deleted (the reference's
+    #                                    --save_more_checkpoints: 1, 2, 5, 10, 20, 50, 100).
 
 
 def device_data(images: np.ndarray, labels: np.ndarray):
@@ -96,7 +98,7 @@ def _epoch_plan(settings: LoopSettings, partitions, num_active: int, epoch: int)
 
 def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Callable, model,
         dataset, partitions: np.ndarray, num_active: int, train_key, meta: dict,
-        resume: bool) -> dict:
+        resume: bool, prepare: Callable | None = None) -> dict:
     """Trains ``state`` for ``settings.num_epochs`` epochs; returns the run summary.
 
     Args:
@@ -109,10 +111,18 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
       train_key: typed PRNG key of the training stream.
       meta: JSON-serialisable run metadata saved with every checkpoint.
       resume: continue from the latest checkpoint in ``workdir`` if there is one.
+      prepare: optional ``state -> (state, metrics)`` run once before epoch 1 of a fresh run
+        (e.g. the simulated attacker's pre-training, spec §4.3); its host-float metrics are
+        logged at step 0 and kept in the summary under ``prepare``.
+
+    A fresh run first saves its initial state (after ``prepare``) as checkpoint 0 in ``last/``,
+    kept for good: the epoch-0 model that the reference's Fig. 5 attacks (and never saves), and
+    the reason a resumed run never repeats ``prepare``.
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
     last_manager = checkpoints.make_manager(os.path.join(ckpt_dir, checkpoints.LAST),
-                                            max_to_keep=settings.keep_checkpoints)
+                                            max_to_keep=settings.keep_checkpoints,
+                                            keep_steps=(0,) + tuple(settings.keep_epochs))
     best_manager = checkpoints.make_manager(os.path.join(ckpt_dir, checkpoints.BEST),
                                             max_to_keep=1)
     progress_meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0, "train_seconds": 0.0,
@@ -126,6 +136,16 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
     start_epoch = progress_meta["epoch"] + 1
     writer = metrics.MetricWriter(workdir, resume_step=int(state.step) if start_epoch > 1 else None)
     writer.write_text("config", "```\n" + json.dumps(meta, indent=2, default=str) + "\n```")
+    if last_manager.latest_step() is None:
+        if prepare is not None:
+            start = time.perf_counter()
+            state, prepare_metrics = prepare(state)
+            progress_meta["prepare"] = {**prepare_metrics,
+                                        "seconds": time.perf_counter() - start}
+            writer.write_scalars(0, {f"prepare/{k}": v for k, v in prepare_metrics.items()
+                                     if isinstance(v, (int, float))})
+        checkpoints.save(last_manager, 0, state, {"progress": progress_meta, "run": meta})
+        last_manager.wait_until_finished()
 
     evaluate = make_evaluate(model)
     data = device_data(dataset.train_images, dataset.train_labels)
@@ -144,7 +164,6 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
     step = int(state.step)
 
     def flush(epoch):
-        nonlocal step
         scalars = buffer.flush(step)
         if scalars:
             n_steps = step - flush.last_logged
@@ -152,6 +171,7 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
             writer.write_scalars(step, {**scalars, "perf/images_per_sec": rate, "epoch": epoch})
             progress_meta["train_seconds"] += n_steps * images_per_step / rate
             progress_meta["train_images"] += n_steps * images_per_step
+            progress_meta["last_train"] = {k: float(v) for k, v in scalars.items()}
             flush.last_logged = step
 
     flush.last_logged = step
@@ -178,7 +198,7 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
             if last_eval and last_eval["eval/accuracy"] > progress_meta["best_accuracy"]:
                 progress_meta.update(best_accuracy=last_eval["eval/accuracy"], best_epoch=epoch)
                 checkpoints.save(best_manager, epoch, state, record)
-            if epoch % settings.ckpt_every_epochs == 0 or last:
+            if epoch % settings.ckpt_every_epochs == 0 or last or epoch in settings.keep_epochs:
                 checkpoints.save(last_manager, epoch, state, record)
             progress.reset_timer()
     finally:
@@ -207,7 +227,11 @@ def _write_summary(workdir, progress_meta, last_eval, step, meta) -> dict:
         "compile_seconds": progress_meta["compile_seconds"],
         "images_per_sec": progress_meta["train_images"] / seconds if seconds else None,
         "config": meta.get("config"),
+        "run": {k: v for k, v in meta.items() if k != "config"},
     }
+    summary["last_train"] = progress_meta.get("last_train", {})
+    if "prepare" in progress_meta:
+        summary["prepare"] = progress_meta["prepare"]
     tmp = os.path.join(workdir, "summary.json.tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2, default=str)

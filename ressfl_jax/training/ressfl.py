@@ -23,7 +23,7 @@ import optax
 
 from ressfl_jax import federated, losses, optim
 from ressfl_jax.state import SFLState, TrainState
-from ressfl_jax.training import sfl
+from ressfl_jax.training import decoder_fit, sfl
 
 
 def create_decoders(key, decoder, *, num_clients: int, feature_shape, tx) -> TrainState:
@@ -171,3 +171,46 @@ def make_decoder_tx(*, lr: float = 1e-3, updates_per_epoch: int, milestones, gam
     schedule = optim.make_schedule(base_lr=lr, updates_per_epoch=updates_per_epoch,
                                    milestones=milestones, gamma=gamma, zero_first_epoch=False)
     return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def pretrain_decoders(state: SFLState, key, *, model, decoder, images, targets,
+                      settings: decoder_fit.FitSettings):
+    """Phase 0 (spec §4.3): pre-trains the simulated attacker before attacker-aware training.
+
+    The decoder of client slot 0 is fitted (MSE, a fresh Adam, ``settings``) to client 0's
+    eval-mode smashed data of ``images``, then copied into every slot. The reference pre-trains
+    each slot separately on identical inputs; at this point all client copies (and decoder
+    initialisations) are equal, so one fit replicated is the same computation done once.
+    The main decoder optimizer state is left untouched (the reference's main Adam starts empty).
+
+    Args:
+      images: uint8 [N, H, W, 3], the attacker's source split (reference: the test split).
+      targets: uint8 [N, H, W, 3], the reconstruction targets (reference: JPEG round-tripped
+        ``images``).
+      settings: decoder fitting protocol (reference: 30 epochs, batch 32, best single val batch).
+
+    Returns:
+      (state with pre-trained decoders, metrics): host floats 'val_mse', 'val_ssim', 'val_psnr'
+      of the selected decoder on the validation split (eval mode), 'best_val_loss', 'epochs'.
+    """
+    if state.decoders is None:
+        raise ValueError("pretrain_decoders needs a state with decoders (create_decoders).")
+    client = jax.tree.map(lambda x: x[0], state.clients)
+    features = sfl.client_features(model, client.params, client.batch_stats, images)
+    target_floats = jnp.asarray(targets, jnp.float32) / 255.0
+    slot0 = jax.tree.map(lambda x: x[0], state.decoders)
+    variables, info = decoder_fit.fit_decoder(
+        key, decoder, features, target_floats, settings,
+        init_variables={"params": slot0.params, "batch_stats": slot0.batch_stats})
+    _, val_idx = decoder_fit.split_indices(len(targets), settings.val_fraction,
+                                           settings.split_seed)
+    quality = decoder_fit.reconstruction_metrics(decoder, variables, features[val_idx],
+                                                 target_floats[val_idx])
+    num_clients = state.clients.step.shape[0]
+    decoders = state.decoders.replace(
+        params=federated.replicate(jax.device_put(variables["params"]), num_clients),
+        batch_stats=federated.replicate(jax.device_put(variables["batch_stats"]), num_clients))
+    metrics = {"val_mse": quality["mse"], "val_ssim": quality["ssim"],
+               "val_psnr": quality["psnr"], "best_val_loss": info["best_val_loss"],
+               "epochs": settings.epochs, "num_pairs": len(targets)}
+    return state.replace(decoders=decoders), metrics

@@ -202,11 +202,57 @@ def eval_step(state: SFLState, batch, *, model: SplitModel, client_index: int = 
       {'correct': float32 sum, 'count': float32 sum, 'ce_sum': float32 sum} over unmasked rows.
     """
     client = jax.tree.map(lambda x: x[client_index], state.clients)
+    return eval_sums(model, {"params": client.params, "batch_stats": client.batch_stats},
+                     {"params": state.server.params, "batch_stats": state.server.batch_stats},
+                     batch)
+
+
+def eval_sums(model: SplitModel, client_vars, server_vars, batch, *, defense=None):
+    """Eval-mode sums of correct predictions, count and CE for ONE client and the server.
+
+    Args:
+      client_vars / server_vars: {'params', 'batch_stats'} (unstacked).
+      batch: {'image', 'label', 'mask'} as in ``eval_step``.
+      defense: optional ``features -> features`` applied to the smashed data before the server
+        (a test-time defense).
+    """
     images = augment_lib.to_float(batch["image"])
-    features, _ = client_apply(model, client.params, client.batch_stats, images, train=False)
-    logits, _ = server_apply(model, state.server.params, state.server.batch_stats, features,
+    features, _ = client_apply(model, client_vars["params"], client_vars["batch_stats"], images,
+                               train=False)
+    if defense is not None:
+        features = defense(features)
+    logits, _ = server_apply(model, server_vars["params"], server_vars["batch_stats"], features,
                              None, train=False)
     mask = batch["mask"].astype(jnp.float32)
     return {"correct": jnp.sum(losses.correct(logits, batch["label"]) * mask),
             "count": jnp.sum(mask),
             "ce_sum": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask)}
+
+
+def client_features(model: SplitModel, params, batch_stats, images, *, batch_size: int = 500):
+    """Eval-mode smashed data of ONE client for many images, in fixed-size jitted batches.
+
+    Args:
+      params / batch_stats: one client's variables (unstacked).
+      images: uint8 or float [N, H, W, 3] (floats in [0, 1]); host or device array.
+
+    Returns:
+      float32 [N, h, w, c] on device. Eval-mode BatchNorm makes this independent of the batch
+      size (the reference uses batch size 1 here, spec §7.2).
+    """
+    n = images.shape[0]
+    nb = -(-n // batch_size)
+    pad = nb * batch_size - n
+    images = jnp.asarray(images)
+    images = jnp.concatenate([images, jnp.zeros((pad,) + images.shape[1:], images.dtype)])
+    images = images.reshape((nb, batch_size) + images.shape[1:])
+    features = _features_jit(model, params, batch_stats, images)
+    return features.reshape((nb * batch_size,) + features.shape[2:])[:n]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _features_jit(model, params, batch_stats, batches):
+    def one(x):
+        return client_apply(model, params, batch_stats, augment_lib.to_float(x), train=False)[0]
+
+    return jax.lax.map(one, batches)

@@ -1,0 +1,83 @@
+"""Client-side compute of one training step, counted by XLA (the paper's "low overhead" claim).
+
+``client_step_flops`` compiles the client's share of a step with and without the attacker-aware
+term and reads XLA's FLOP count (``cost_analysis``), so the number follows the actual program
+(the 3x3 convs on CPU are matmuls; counts are the same up to padding rows). Per client step:
+
+* vanilla: client forward + backward (train mode) on a batch;
+* attacker-aware: the same with the frozen decoder's penalty backpropagated into the client, plus
+  ``decoder_steps / interval`` simulated-attacker updates (client eval-mode forward, decoder
+  forward + backward + Adam), amortised over the interval.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ressfl_jax import losses
+from ressfl_jax.training import sfl
+
+
+def compiled_flops(fn, *args) -> float:
+    """XLA's FLOP count of ``jax.jit(fn)(*args)`` (no execution)."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def client_step_flops(model, client_vars, *, batch_size: int, image_shape, decoder=None,
+                      decoder_vars=None, interval: int = 1, decoder_steps: int = 1,
+                      kind: str = "ssim", threshold: float = 0.5) -> dict:
+    """FLOPs per client step (one batch of ``batch_size``), vanilla vs attacker-aware.
+
+    Args:
+      model: the SplitModel; client_vars: one client's {'params', 'batch_stats'}.
+      decoder / decoder_vars: the simulated attacker (None: only 'vanilla' is returned).
+      interval, decoder_steps, kind, threshold: the attacker-aware settings.
+
+    Returns:
+      {'vanilla': F, 'attacker_aware': F', 'overhead': F'/F - 1} (floats; the last two only
+      with a decoder).
+    """
+    images = jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32)
+    params, stats = client_vars["params"], client_vars["batch_stats"]
+
+    def features(p, x):
+        return sfl.client_apply(model, p, stats, x, train=True)[0]
+
+    def vanilla(p, x):
+        out, vjp = jax.vjp(lambda p: features(p, x), p)
+        return vjp(jnp.ones_like(out))  # The server's gradient arrives as a cotangent.
+
+    result = {"vanilla": compiled_flops(vanilla, params, images)}
+    if decoder is None:
+        return result
+
+    def with_penalty(p, dv, x):
+        def loss(p):
+            z = features(p, x)
+            recon = decoder.apply(jax.lax.stop_gradient(dv), z, train=False)
+            penalty = losses.resistance_penalty(recon, x, kind=kind, threshold=threshold)
+            return jnp.sum(z) + penalty  # jnp.sum(z): the server's cotangent, as above.
+        return jax.grad(loss)(p)
+
+    tx = optax.adam(1e-3)
+
+    def decoder_update(p, dv, x):
+        z = jax.lax.stop_gradient(sfl.client_apply(model, p, stats, x, train=False)[0])
+
+        def loss(dp):
+            recon, _ = decoder.apply({**dv, "params": dp}, z, train=True,
+                                     mutable=["batch_stats"])
+            return losses.inversion_loss(recon, x, kind=kind)
+
+        grads = jax.grad(loss)(dv["params"])
+        with jax.numpy_dtype_promotion("standard"):
+            updates, _ = tx.update(grads, tx.init(dv["params"]), dv["params"])
+        return optax.apply_updates(dv["params"], updates)
+
+    aware = (compiled_flops(with_penalty, params, decoder_vars, images)
+             + compiled_flops(decoder_update, params, decoder_vars, images)
+             * decoder_steps / interval)
+    result.update(attacker_aware=aware, overhead=aware / result["vanilla"] - 1.0)
+    return result
