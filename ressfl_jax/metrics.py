@@ -129,3 +129,30 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def image_grid(rows: list[np.ndarray], *, pad: int = 2) -> np.ndarray:
+    """Tiles rows of images into one float [H', W', 3] image in [0, 1] (white separators).
+
+    Args:
+      rows: each float [N, H, W, 3] (values are clipped to [0, 1]); all the same shape.
+    """
+    if not rows or any(r.shape != rows[0].shape for r in rows):
+        raise ValueError(f"image_grid needs rows of one shape; got {[r.shape for r in rows]}")
+    n, h, w, c = rows[0].shape
+    grid = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad, c), np.float32)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(np.clip(np.asarray(row, np.float32), 0.0, 1.0)):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y:y + h, x:x + w] = image
+    return grid
+
+
+def save_png(path: str, image: np.ndarray, *, scale: int = 2) -> None:
+    """Writes a float [H, W, 3] image in [0, 1] as a PNG, upscaled ``scale`` x (nearest)."""
+    from PIL import Image  # Lazy: only attacks write images.
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    tmp = path + ".tmp.png"
+    Image.fromarray(pixels, mode="RGB").save(tmp)
+    os.replace(tmp, path)
