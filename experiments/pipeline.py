@@ -1,0 +1,120 @@
+"""The whole ResSFL pipeline and its privacy/utility table: ``python -m experiments.pipeline``.
+
+  python -m experiments.pipeline --workdir=runs/pipeline_cpu          # the README's main job
+  python -m experiments.pipeline --config=experiments/configs/pipeline.py:smoke
+
+Pretrain the expert (and, for comparison, train the same model on the same source task without
+the defense) -> transfer to the target task (lite = ResSFL, naive, scratch, ...) ->
+attack every model with the same attackers on the same targets -> ``WORKDIR/report.md`` and
+``WORKDIR/summary.json``: method, accuracy, attack MSE/SSIM/PSNR (the defender's worst case over
+the attacker decoders), the optimisation attack, client FLOPs per image and training img/s.
+Stages whose ``summary.json`` already exists are reused (delete a stage's folder to redo it).
+"""
+
+import json
+import os
+
+from absl import logging
+
+from experiments import attack, common, pretrain, train, transfer
+from experiments.configs import attack as attack_config
+from experiments.configs import pretrain as pretrain_config
+from experiments.configs import transfer as transfer_config
+from experiments.configs.transfer import MODES
+
+
+def _reuse_or_run(run_fn, config, workdir: str) -> dict:
+    """Runs a stage unless WORKDIR/summary.json exists; resumes a stage that was interrupted."""
+    path = os.path.join(workdir, "summary.json")
+    if os.path.exists(path):
+        logging.warning("Reusing %s", workdir)
+        with open(path) as f:
+            return json.load(f)
+    resume = os.path.isdir(os.path.join(workdir, "checkpoints")) or os.path.isdir(
+        os.path.join(workdir, "steps"))
+    return run_fn(config, workdir, resume=resume)
+
+
+def _row(method: str, task: str, train: dict, attacked: dict) -> dict:
+    worst = attacked["worst_case"]
+    flops = train.get("run", {}).get("client_flops") or {}
+    per_image = flops.get("attacker_aware", flops.get("vanilla"))
+    batch = train["config"]["data"]["batch_size"]
+    opt = attacked.get("optimization") or {}
+    return {"method": method, "task": task, "accuracy": train["best_accuracy"],
+            "attack_mse": worst["mse"], "attack_mse_decoder": worst["mse_decoder"],
+            "attack_ssim": worst["ssim"], "attack_psnr": worst["psnr"],
+            "optimization_mse": opt.get("mse"),
+            "client_mflops_per_image": per_image / batch / 1e6 if per_image else None,
+            "client_overhead": flops.get("overhead"),
+            "images_per_sec": train["images_per_sec"], "wall_seconds": train["wall_seconds"]}
+
+
+def _task(summary: dict) -> str:
+    data = summary["config"]["data"]
+    return f"{data['dataset']} {data['classes'] or 'all'}"
+
+
+def run(config, workdir: str, *, resume: bool = False) -> dict:
+    """Runs (or reuses) every stage; returns the summary with the table rows."""
+    del resume  # Every stage is reused or resumed on its own.
+    modes = [m.strip() for m in config.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"Unknown transfer modes {unknown}; choose from {MODES}.")
+    expert_dir = os.path.join(workdir, "expert")
+    source = pretrain_config.get_config(config.pretrain_preset)
+    trained = {"expert (source task)": _reuse_or_run(pretrain.run, source, expert_dir)}
+    dirs = {"expert (source task)": expert_dir}
+    if config.source_vanilla:
+        # The same model, data and schedule as the expert, without the attacker-aware term.
+        dirs["vanilla (source task)"] = os.path.join(workdir, "vanilla_source")
+        trained["vanilla (source task)"] = _reuse_or_run(train.run, source,
+                                                         dirs["vanilla (source task)"])
+    for mode in modes:
+        t = transfer_config.get_config(config.transfer_preset)
+        t.transfer.mode = mode
+        t.transfer.expert = expert_dir
+        name = "ResSFL (lite)" if mode == "lite" else mode
+        dirs[name] = os.path.join(workdir, f"transfer_{mode}")
+        trained[name] = _reuse_or_run(transfer.run, t, dirs[name])
+    rows = []
+    for name, summary in trained.items():
+        a = attack_config.get_config(config.attack_preset)
+        a.checkpoint, a.which = dirs[name], config.which
+        attacked = _reuse_or_run(attack.run, a, os.path.join(dirs[name], "attack"))
+        rows.append(_row(name, _task(summary), summary, attacked))
+    result = {"rows": rows, "config": json.loads(config.to_json())}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(table(rows) + "\n")
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    """The privacy/utility table in Markdown (higher attack MSE = more private)."""
+    lines = ["| method | task | accuracy | attack MSE (decoder) | SSIM | PSNR | optim. MSE | "
+             "client MFLOP/img | overhead | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['task']} | {r['accuracy']:.4f} | {r['attack_mse']:.4f} "
+            f"({r['attack_mse_decoder']}) | {r['attack_ssim']:.3f} | {r['attack_psnr']:.2f} | "
+            f"{_fmt(r['optimization_mse'], '.4f')} | {_fmt(r['client_mflops_per_image'], '.0f')}"
+            f" | {_fmt(r['client_overhead'], '+.0%')} | {_fmt(r['images_per_sec'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def report(summary: dict, workdir: str) -> None:
+    print(table(summary["rows"]))
+    print(f"report in {workdir}/report.md")
+
+
+if __name__ == "__main__":
+    common.cli(run, name="pipeline", report=report)
