@@ -1,0 +1,89 @@
+"""Tests for experiments.torch_reference, the PyTorch-reference timing harness.
+
+The main venv has no torch: the config table, the argument parsing and the torchvision stub are
+checked here without it; the end-to-end part needs torch and an extracted reference tree
+(``RESSFL_REFERENCE``) and skips otherwise.
+"""
+
+import ast
+import os
+import sys
+
+import pytest
+
+from experiments import torch_reference as tr
+
+
+def test_imports_are_stdlib_at_top_level_and_never_jax():
+    with open(tr.__file__) as f:
+        tree = ast.parse(f.read())
+    top_level = {alias.name.split(".")[0] for node in tree.body
+                 if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in (node.names if isinstance(node, ast.Import)
+                               else [ast.alias(node.module)])}
+    assert top_level <= set(sys.stdlib_module_names), top_level
+    everywhere = {alias.name.split(".")[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.Import) for alias in node.names}
+    everywhere |= {node.module.split(".")[0] for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom)}
+    assert not everywhere & {"jax", "jaxlib", "flax", "ressfl_jax"}, everywhere
+
+
+def test_config_table():
+    assert list(tr.CONFIGS) == ["vanilla_k1", "expert", "expert_hinge_active", "lite_k2",
+                                "vanilla_k10", "attack_res_normN4C64", "attack_conv_normN0C16"]
+    expert, active = tr.CONFIGS["expert"], tr.CONFIGS["expert_hinge_active"]
+    assert (expert.regularization, expert.strength, expert.decoder, expert.interval) == (
+        "gan_adv_step1", 0.3, "res_normN4C64", 1)
+    assert (expert.ssim_threshold, active.ssim_threshold) == (0.5, 0.0)
+    lite = tr.CONFIGS["lite_k2"]
+    assert (lite.num_clients, lite.decoder, lite.interval, lite.local_lr, lite.lr) == (
+        2, "conv_normN0C16", 5, 0.005, 0.05)
+    assert lite.steps_per_call == 10  # a full interval cycle of 5 batch indices x 2 clients
+    assert tr.CONFIGS["vanilla_k10"].steps_per_call == 10  # one round
+    assert tr.CONFIGS["vanilla_k1"].steps_per_call == 1
+    for name in ("attack_res_normN4C64", "attack_conv_normN0C16"):
+        config = tr.CONFIGS[name]
+        assert (config.kind, config.batch_size, config.num_clients) == ("attack", 32, 1)
+    assert all(c.batch_size == 128 for c in tr.CONFIGS.values() if c.kind == "train")
+
+
+def test_decoder_parts_and_descriptions():
+    assert tr.decoder_parts("res_normN4C64") == ("res_normN_AE", 4, 64)
+    assert tr.decoder_parts("conv_normN0C16") == ("conv_normN_AE", 0, 16)
+    assert "gan_train_step" in tr.describe(tr.CONFIGS["lite_k2"])
+    assert "gan_train_step" not in tr.describe(tr.CONFIGS["vanilla_k1"])
+    assert "MIA.attack" in tr.describe(tr.CONFIGS["attack_res_normN4C64"])
+
+
+def test_parse_args():
+    args = tr.parse_args(["--reference=/ref", "--configs=vanilla_k1,lite_k2", "--repeats=2",
+                          "--threads=1", "--out=x.json"])
+    assert (args.reference, args.configs, args.repeats, args.threads, args.out) == (
+        "/ref", ["vanilla_k1", "lite_k2"], 2, 1, "x.json")
+    assert tr.parse_args(["--reference=/ref"]).configs == list(tr.CONFIGS)
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--reference=/ref", "--configs=vanilla_k3"])
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--reference=/ref", "--repeats=0"])
+
+
+def test_stub_module_raises_on_use():
+    stub = tr._Stub("torchvision.utils")
+    with pytest.raises(RuntimeError, match="stubbed out"):
+        stub.save_image(None, "x.jpg")
+    with pytest.raises(AttributeError):
+        stub.__path__  # noqa: B018  (the import system must not take it for a package path)
+
+
+@pytest.mark.slow
+def test_end_to_end_attack_config(tmp_path):
+    pytest.importorskip("torch")
+    reference = os.environ.get("RESSFL_REFERENCE", "")
+    if not os.path.isfile(os.path.join(reference, "MIA_torch.py")):
+        pytest.skip("set RESSFL_REFERENCE to an extracted zlijingtao/ResSFL tree")
+    out = tmp_path / "out.json"
+    (result,) = tr.main([f"--reference={reference}", "--configs=attack_conv_normN0C16",
+                         "--repeats=1", "--threads=1", f"--out={out}"])
+    assert result["images_per_sec"] > 0 and len(result["step_s"]) == 1
+    assert out.exists()
