@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ressfl_jax.models import layers
 from ressfl_jax.models.layers import Conv, ConvTranspose
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -194,3 +195,14 @@ def test_bfloat16_compute():
 def test_clear_errors(module, shape, match):
     with pytest.raises(ValueError, match=match):
         module.init(KEY(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 5, 7, 2)])
+def test_max_pool_2x2_matches_flax_values_and_gradient(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    want = nn.max_pool(x, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), want)
+    # Without ties (continuous random data) the gradients are identical too.
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(layers.max_pool_2x2(x))))(x)
+    want_grad = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2)))))(x)
+    np.testing.assert_array_equal(grad, want_grad)

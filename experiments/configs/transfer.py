@@ -18,8 +18,9 @@ Modes (``--config.transfer.mode``, spec §6; K = ``data.num_clients``):
                alternative ResSFL avoids.
 
 Presets (``--config=experiments/configs/transfer.py:PRESET``):
-  ``cpu``   (default) Fashion-MNIST classes 5-9 (the source expert used 0-4), 2 clients,
-            2 epochs, expert ``runs/pretrain_cpu``; fits a 2-core machine.
+  ``cpu``   (default) Fashion-MNIST classes 5-9 (the source expert used 0-4), half the
+            training split (15k images), 2 clients, 2 epochs, expert ``runs/pretrain_cpu``;
+            fits a 2-core machine.
   ``smoke`` tiny widths, synthetic data: for tests (give ``transfer.expert``).
   ``paper_cifar10_to_cifar100`` / ``paper_cifar100_to_cifar10``: the reference's Table 3 lite
             run (VGG-11-bn cut 4, norelu_C8S1, K=2, 200 epochs); give ``data.data_dir`` and
@@ -66,8 +67,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
     elif preset == "cpu":
         train.apply_preset(c, "cpu")
         c.data.classes = "5-9"
+        c.data.dataset_portion = 0.5
         c.transfer.expert = "runs/pretrain_cpu"
-        c.attacker.pretrain_epochs = 10
+        c.attacker.pretrain_epochs = 5
     else:
         train.apply_preset(c, "paper")
         source, target = preset[len("paper_"):].split("_to_")

@@ -417,6 +417,20 @@ class ConvBN(nn.Module):
         return nn.relu(x) if self.relu else x
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """PyTorch ``MaxPool2d(2, 2)`` on NHWC (an odd last row/column is dropped).
+
+    A reshape + max instead of ``nn.max_pool``: same values, and XLA-CPU's gradient of
+    ``reduce_window`` (select-and-scatter) is ~2.7x slower than the reshape-max gradient
+    (fwd + bwd on [128, 32, 32, 64]: 194 ms vs 72 ms, 2 cores). Ties inside a window share the
+    gradient instead of routing it to the first maximum; after a ReLU the only ties are zeros,
+    whose gradient the ReLU discards, so training is unaffected.
+    """
+    b, h, w, c = x.shape
+    x = x[:, :h - h % 2, :w - w % 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 def avg_pool(x: jax.Array, window: int) -> jax.Array:
     """PyTorch ``avg_pool2d(x, window)`` on NHWC (stride = window, remainder dropped).
 

@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from ressfl_jax.models.layers import ConvBN, inits, scaled
+from ressfl_jax.models.layers import ConvBN, inits, max_pool_2x2, scaled
 
 CONFIGS = {
     "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -59,7 +59,7 @@ class VGGLayers(nn.Module):
         for i in range(self.start, self.stop):
             v = CONFIGS[self.config][i]
             if v == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
             else:
                 x = ConvBN(scaled(v, self.width_mult), use_bias=True, use_bn=self.use_bn,
                            init_scheme=self.init_scheme, conv_impl=self.conv_impl, dtype=self.dtype,
