@@ -66,6 +66,15 @@ def test_im2col_conv_matches_xla(kernel, strides, padding, side):
     assert _conv_ops(make(impl="im2col"), x) == 0
 
 
+@pytest.mark.parametrize("kernel,strides,padding,side", CONV_CASES[:8])
+def test_im2col_conv_with_fewer_outputs_than_inputs_matches_xla(kernel, strides, padding, side):
+    # C_out < C_in takes the output-side path (kernel first, then summed shifted windows).
+    x = jax.random.normal(KEY(0), (2, side, side + 1, 5))
+    make = functools.partial(Conv, 2, kernel, strides=strides, padding=padding)
+    _assert_same(make(impl="im2col"), make(impl="xla"), x)
+    assert _conv_ops(make(impl="im2col"), x) == 0
+
+
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("kernel,strides,padding,side", [
     (3, 1, 1, 6), (3, 2, 1, 8), (3, 2, 1, 7), (3, 2, "SAME", 6), (3, 1, "VALID", 5),

@@ -2,14 +2,14 @@
 
 Implements the building blocks of the ResSFL (Li et al., CVPR 2022) architectures (spec §2).
 
-``Conv`` is a drop-in for ``flax.linen.Conv`` (same ``kernel`` [kh, kw, C_in/groups, C_out] HWIO and
-``bias`` [C_out] params) that can compute stride-1 convolutions as im2col + one matmul. XLA-CPU's
-convolution is pathologically slow for 3x3 convs on tiny spatial inputs with many channels
-(environment.md §3); im2col turns them into a well-tuned GEMM.
-
-Measured (2 cores, batch 32, VGG-11 3x3 convs, fwd + grad wrt x and w, ms xla/im2col):
-2x2 512-512 1073/10, 4x4 512-512 44/39, 4x4 256-512 22/19, 8x8 256-256 75/85, 8x8 128-256 40/42.
-So "auto" uses im2col for spatial sides <= 4 (2x2: ~100x faster; 8x8: xla is ~10% faster).
+``Conv`` / ``ConvTranspose`` are drop-ins for ``flax.linen.Conv`` / ``ConvTranspose`` (same
+``kernel`` and ``bias`` params) that can avoid XLA-CPU's convolution altogether: ungrouped convs
+become im2col + one matmul, depthwise convs a sum of kh*kw scaled slices, transposed convs an
+im2col over the stride-dilated input. XLA-CPU's convolution is pathologically slow for 3x3
+convs on tiny spatial inputs with many channels (environment.md §3: 2x2 512->512 ~100x slower)
+and slower than these paths elsewhere too: VGG-11-bn cut 4 + C8 at batch 128 trains at 13 img/s
+with ``impl="xla"`` and 62 img/s with ``impl="auto"`` (BENCHMARKS.md). "auto" therefore uses the
+matmul paths on the CPU backend and XLA's convolution on GPU/TPU.
 """
 
 import math
@@ -175,10 +175,9 @@ def _transpose_pads(padding: PaddingLike, ksize: tuple[int, int], strides: tuple
     return _pad_pairs(padding)
 
 
-def _pad(x: jax.Array, pads: Sequence[tuple[int, int]], dilation: tuple[int, int] = (1, 1)
-         ) -> jax.Array:
-    """Zero-pads H and W by (lo, hi) (negative crops), with ``dilation - 1`` zeros between pixels."""
-    config = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(pads, dilation)] + [(0, 0, 0)]
+def _pad(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """Zero-pads H and W by (lo, hi) (negative values crop)."""
+    config = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
@@ -195,17 +194,80 @@ def _shifted_slices(x: jax.Array, ksize: tuple[int, int], strides: tuple[int, in
 
 
 def _im2col(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]],
-            strides: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1)) -> jax.Array:
-    """Ungrouped conv as pad -> concat of kh*kw (strided) slices -> one matmul (NHWC, HWIO).
+            strides: tuple[int, int] = (1, 1)) -> jax.Array:
+    """Ungrouped conv (NHWC, HWIO) as matmuls, no convolution op.
 
-    ``dilation`` dilates the INPUT (zeros between pixels), as a transposed conv needs.
+    With C_out >= C_in: pad -> concat of the kh*kw (strided) input windows -> one matmul
+    (input-side im2col). With C_out < C_in the copy of kh*kw input windows would dwarf the
+    output, so the kernel is applied first, as one matmul to kh*kw*C_out channels, and the
+    kh*kw shifted windows of that product are summed (output-side); e.g. a decoder's last conv
+    64 -> 3 at 32x32 moves 27 instead of 576 values per pixel.
     """
     kh, kw, c_in, c_out = kernel.shape
-    slices = _shifted_slices(_pad(x, pads, dilation), (kh, kw), strides)
+    xp = _pad(x, pads)
+    if c_out < c_in and kh * kw > 1:
+        b, hp, wp, _ = xp.shape
+        taps = kernel.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
+        z = (xp.reshape(b * hp * wp, c_in) @ taps).reshape(b, hp, wp, kh * kw, c_out)
+        windows = _shifted_slices(z, (kh, kw), strides)  # each [B, H', W', kh*kw, C_out]
+        y = windows[0][..., 0, :]
+        for t in range(1, kh * kw):
+            y = y + windows[t][..., t, :]
+        return y
+    slices = _shifted_slices(xp, (kh, kw), strides)
     cols = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
     b, h, w, _ = cols.shape                              # [B, H', W', kh*kw*C_in], (i, j, c)
     out = cols.reshape(b * h * w, kh * kw * c_in) @ kernel.reshape(kh * kw * c_in, c_out)
     return out.reshape(b, h, w, c_out)
+
+
+def _phase_taps(k: int, s: int, lo: int, n_in: int, n_out: int):
+    """1-D polyphase plan of a transposed conv: per output phase r (outputs o = s*q + r), the
+    taps t it uses and the input offset d of each (y[s*q + r] = sum_t x[q + d_t] * w[t])."""
+    phases = []
+    for r in range(s):
+        taps = [(t, (r + t - lo) // s) for t in range(k) if (r + t - lo) % s == 0]
+        phases.append((taps, len(range(r, n_out, s))))
+    offsets = [d for taps, _ in phases for _, d in taps] or [0]
+    pad_lo = max(0, -min(offsets))
+    pad_hi = max([0] + [n - 1 + d - (n_in - 1) for taps, n in phases for _, d in taps])
+    return phases, (pad_lo, pad_hi)
+
+
+def _conv_transpose_phases(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]],
+                           strides: tuple[int, int]) -> jax.Array:
+    """Transposed conv (= stride-1 conv of the stride-dilated, padded input with HWIO
+    ``kernel``) without the dilation's zeros: each of the sh*sw output phases is an im2col
+    matmul over only the taps that meet real input pixels (a 3x3 stride-2 ConvT does 9 tap
+    products per 4 outputs instead of 36), then the phases are interleaved."""
+    b, h, w, _ = x.shape
+    (kh, kw), (sh, sw) = kernel.shape[:2], strides
+    out_h = (h - 1) * sh + 1 + pads[0][0] + pads[0][1] - kh + 1
+    out_w = (w - 1) * sw + 1 + pads[1][0] + pads[1][1] - kw + 1
+    rows, pad_h = _phase_taps(kh, sh, pads[0][0], h, out_h)
+    cols, pad_w = _phase_taps(kw, sw, pads[1][0], w, out_w)
+    xp = _pad(x, (pad_h, pad_w))
+    outs = {}
+    for rh, (taps_h, n_h) in enumerate(rows):
+        for rw, (taps_w, n_w) in enumerate(cols):
+            taps = [(th, tw, dh + pad_h[0], dw + pad_w[0])
+                    for th, dh in taps_h for tw, dw in taps_w]
+            if not taps or not n_h or not n_w:
+                outs[rh, rw] = jnp.zeros((b, n_h, n_w, kernel.shape[-1]), x.dtype)
+                continue
+            slices = [xp[:, i:i + n_h, j:j + n_w, :] for _, _, i, j in taps]
+            stacked = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+            weights = jnp.concatenate([kernel[th, tw] for th, tw, _, _ in taps], axis=0)
+            outs[rh, rw] = (stacked.reshape(b * n_h * n_w, -1) @ weights).reshape(
+                b, n_h, n_w, -1)
+    if out_h % sh == 0 and out_w % sw == 0:  # Equal phases: interleave by stack + reshape.
+        grid = jnp.stack([jnp.stack([outs[rh, rw] for rw in range(sw)], axis=3)
+                          for rh in range(sh)], axis=2)  # [B, n_h, sh, n_w, sw, O]
+        return grid.reshape(b, out_h, out_w, -1)
+    y = jnp.zeros((b, out_h, out_w, kernel.shape[-1]), x.dtype)
+    for (rh, rw), out in outs.items():
+        y = y.at[:, rh::sh, rw::sw, :].set(out)
+    return y
 
 
 def _depthwise(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]],
@@ -334,8 +396,9 @@ class ConvTranspose(nn.Module):
       use_bias: whether to add a bias.
       transpose_kernel: flax's flag (True: the gradient-of-conv layout, as PyTorch's ConvT).
       dtype, param_dtype, kernel_init, bias_init: as ``Conv``.
-      impl: "xla" (``lax.conv_transpose``), "im2col" (dilate, pad, im2col matmul) or "auto"
-        (im2col on the CPU backend, xla elsewhere).
+      impl: "xla" (``lax.conv_transpose``), "im2col" (one im2col matmul per output phase, no
+        dilation zeros; see ``_conv_transpose_phases``) or "auto" (im2col on the CPU backend,
+        xla elsewhere).
     """
 
     features: int
@@ -367,7 +430,7 @@ class ConvTranspose(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         if _matmul_impl_wanted(self.impl):
             hwio = jnp.flip(kernel, (0, 1)).swapaxes(2, 3) if self.transpose_kernel else kernel
-            y = _im2col(x, hwio, pads, dilation=strides)
+            y = _conv_transpose_phases(x, hwio, pads, strides)
         else:
             y = lax.conv_transpose(x, kernel, strides, pads, transpose_kernel=self.transpose_kernel,
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
