@@ -14,6 +14,7 @@ Strength conventions (the reference's ``--regularization_strength``, kept by ``D
 """
 
 import dataclasses
+import functools
 import math
 import numbers
 
@@ -264,3 +265,27 @@ def apply_defense(spec: DefenseSpec, key: jax.Array | None, z: jax.Array) -> jax
     if spec.kind == "laplace":
         return laplace_noise(key, z, scale=laplace_scale(spec.strength))
     return dropout(key, z, rate=spec.strength)
+
+
+def make_smash(spec: DefenseSpec):
+    """``(key, z) -> z'`` for the SFL rounds' ``smash`` hook, or None for 'none'."""
+    if spec.kind == "none":
+        return None
+    return functools.partial(apply_defense, spec)
+
+
+def make_nopeek_penalty(*, alpha: float, mean, std):
+    """The SFL rounds' ``penalty`` hook for NoPeek: ``alpha * dCor(normalised x, z)`` (spec §8).
+
+    Returns ``(decoder, features, images) -> (alpha * dcor, {'train/dcor': dcor})``; the
+    decoder argument is unused (there is no simulated attacker).
+    """
+    if alpha < 0:
+        raise ValueError(f"NoPeek alpha must be >= 0, got {alpha}.")
+
+    def penalty(decoder, features, images):
+        del decoder
+        value = nopeek_penalty(images, features, mean=mean, std=std)
+        return alpha * value, {"train/dcor": jax.lax.stop_gradient(value)}
+
+    return penalty

@@ -235,3 +235,23 @@ def test_bad_direct_arguments_raise():
         defenses.apply_defense(defenses.parse_defense("dropout", 0.1), None, np.ones((2, 3)))
     with pytest.raises(ValueError, match="epsilon=0"):
         defenses.dp_sigma(0)
+
+
+def test_nopeek_penalty_hook_for_the_sfl_rounds():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(size=(8, 4, 4, 3)), jnp.float32)
+    z = jnp.asarray(rng.normal(size=(8, 2, 2, 2)), jnp.float32)
+    penalty = defenses.make_nopeek_penalty(alpha=1.5, mean=(0.5,) * 3, std=(0.25,) * 3)
+    value, metrics = penalty(None, z, images)
+    dcor = defenses.nopeek_penalty(images, z, mean=(0.5,) * 3, std=(0.25,) * 3)
+    np.testing.assert_allclose(value, 1.5 * dcor, rtol=1e-6)
+    np.testing.assert_allclose(metrics["train/dcor"], dcor, rtol=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        defenses.make_nopeek_penalty(alpha=-1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def test_make_smash():
+    assert defenses.make_smash(defenses.parse_defense("none")) is None
+    smash = defenses.make_smash(defenses.parse_defense("topk", 0.5))
+    z = jnp.arange(8.0).reshape(2, 2, 2, 1)
+    np.testing.assert_array_equal(smash(None, z).reshape(-1), [0, 0, 0, 0, 4, 5, 6, 7])

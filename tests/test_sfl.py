@@ -167,3 +167,29 @@ def test_sync_averages_params_and_batch_stats_not_momentum(model):
 def test_unknown_schedule_is_rejected(model):
     with pytest.raises(ValueError, match="'v2'"):
         sfl.make_train_step(model=model, schedule="v2", augment="none")
+
+
+@pytest.mark.parametrize("schedule", sfl.SCHEDULES)
+def test_smash_defense_changes_only_what_the_server_sees(model, schedule):
+    state, batch, key = make_state(model, 2), make_batch(2), jax.random.key(3)
+    plain = sfl.make_train_step(model=model, schedule=schedule, augment="none")
+    identity = sfl.make_train_step(model=model, schedule=schedule, augment="none",
+                                   smash=lambda k, z: z)
+    chex.assert_trees_all_equal(jax.jit(plain)(state, batch, key),
+                                jax.jit(identity)(state, batch, key))
+    # The server sees zeros: its input carries no information, so the clients get no CE
+    # gradient (only weight decay moves them) and the server still trains its head.
+    zeros = sfl.make_train_step(model=model, schedule=schedule, augment="none",
+                                smash=lambda k, z: 0.0 * z)
+    new, _ = jax.jit(zeros)(state, batch, key)
+    decayed = jax.tree.map(lambda p: p * (1 - 0.1 * 5e-4), state.clients.params)
+    chex.assert_trees_all_close(new.clients.params, decayed, rtol=1e-6, atol=1e-7)
+    # Noise: a random defense is keyed per round (same key, same result; another key differs).
+    noisy = jax.jit(sfl.make_train_step(model=model, schedule=schedule, augment="none",
+                                        smash=lambda k, z: z + jax.random.normal(k, z.shape)))
+    a, _ = noisy(state, batch, key)
+    b, _ = noisy(state, batch, key)
+    c, _ = noisy(state, batch, jax.random.key(4))
+    chex.assert_trees_all_equal(a.server.params, b.server.params)
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a.server.params),
+                                                     jax.tree.leaves(c.server.params)))

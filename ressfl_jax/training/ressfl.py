@@ -112,7 +112,7 @@ def make_penalty(decoder, *, alpha: float, threshold: float, kind: str):
 
 def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, schedule: str,
                 alpha: float, threshold: float, kind: str, interval: int, decoder_steps: int,
-                steps_per_epoch: int):
+                steps_per_epoch: int, smash=None):
     """One attacker-aware round: (maybe) decoder update, then the resistant step.
 
     Args:
@@ -120,6 +120,7 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
       key: typed PRNG key of this round (augmentation and server dropout).
       interval: the decoder is updated on rounds with (step mod steps_per_epoch) mod interval
         == 0 (the reference's ``optimize_computation``); the penalty applies on every round.
+      smash: optional defense on the smashed data sent to the server (``sfl.parallel_round``).
 
     Returns:
       (new_state, metrics): CE, accuracy, the attacker's SSIM/MSE on this batch, the penalty,
@@ -139,7 +140,7 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
             do_update, update, lambda s: (s, jnp.zeros((num_clients,), jnp.float32)), state)
     penalty = make_penalty(decoder, alpha=alpha, threshold=threshold, kind=kind)
     state, metrics = sfl.ROUNDS[schedule](state, images, batch["label"], server_key,
-                                          model=model, penalty=penalty)
+                                          model=model, penalty=penalty, smash=smash)
     weight = do_update.astype(jnp.float32)
     metrics["attacker/recon_loss"] = jnp.mean(dec_loss) * weight
     metrics["attacker/recon_loss#weight"] = weight
@@ -148,7 +149,7 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
 
 def make_ressfl_step(*, model, decoder, schedule: str, augment: str, alpha: float,
                      threshold: float, kind: str, interval: int, decoder_steps: int,
-                     steps_per_epoch: int):
+                     steps_per_epoch: int, smash=None):
     """Validates the settings and binds them: returns ``(state, batch, key) -> (state, metrics)``."""
     sfl.check_schedule(schedule)
     if kind not in losses.INVERSION_KINDS:
@@ -163,7 +164,7 @@ def make_ressfl_step(*, model, decoder, schedule: str, augment: str, alpha: floa
     return functools.partial(ressfl_step, model=model, decoder=decoder, augment=augment,
                              schedule=schedule, alpha=alpha, threshold=threshold, kind=kind,
                              interval=interval, decoder_steps=decoder_steps,
-                             steps_per_epoch=steps_per_epoch)
+                             steps_per_epoch=steps_per_epoch, smash=smash)
 
 
 def make_decoder_tx(*, lr: float = 1e-3, updates_per_epoch: int, milestones, gamma: float):

@@ -78,8 +78,13 @@ def _no_penalty(decoder, features, images):
     return jnp.float32(0.0), {}
 
 
+def _smash_key(server_key, client_index):
+    """The key of client ``client_index``'s defense on its smashed data this round."""
+    return jax.random.fold_in(jax.random.fold_in(server_key, 1), client_index)
+
+
 def parallel_round(state: SFLState, images, labels, server_key, *, model: SplitModel,
-                   penalty: Callable = _no_penalty):
+                   penalty: Callable = _no_penalty, smash: Callable | None = None):
     """Parallel-schedule round on prepared images; see ``parallel_step``.
 
     Args:
@@ -87,8 +92,11 @@ def parallel_round(state: SFLState, images, labels, server_key, *, model: SplitM
       labels: int32 [K, B].
       server_key: key for the server's dropout.
       penalty: ``(decoder_k, features_k, images_k) -> (scalar, metrics)`` added to client k's
-        loss (the attacker-aware term; ``decoder_k`` is client k's slice of ``state.decoders``).
-        Its gradient reaches only the client: it does not depend on the server.
+        loss (the attacker-aware term or NoPeek; ``decoder_k`` is client k's slice of
+        ``state.decoders``). Its gradient reaches only the client: it does not depend on the
+        server.
+      smash: optional ``(key, features_k) -> features_k``, a defense applied to what client k
+        sends (e.g. noise on the smashed data), after the penalty, before the server.
     """
     num_clients, batch_size = labels.shape
 
@@ -97,6 +105,9 @@ def parallel_round(state: SFLState, images, labels, server_key, *, model: SplitM
         features, client_stats = jax.vmap(forward)(client_params, state.clients.batch_stats,
                                                    images)
         penalties, penalty_metrics = jax.vmap(penalty)(state.decoders, features, images)
+        if smash is not None:
+            keys = jax.vmap(functools.partial(_smash_key, server_key))(jnp.arange(num_clients))
+            features = jax.vmap(smash)(keys, features)
         # [K, B, h, w, c] -> [K*B, h, w, c]: the server sees one concatenated batch.
         flat = features.reshape((num_clients * batch_size,) + features.shape[2:])
         logits, server_stats = server_apply(model, server_params, state.server.batch_stats, flat,
@@ -122,7 +133,7 @@ def parallel_round(state: SFLState, images, labels, server_key, *, model: SplitM
 
 
 def sequential_round(state: SFLState, images, labels, server_key, *, model: SplitModel,
-                     penalty: Callable = _no_penalty):
+                     penalty: Callable = _no_penalty, smash: Callable | None = None):
     """Sequential-schedule (reference V2) round on prepared images; see ``parallel_round``."""
     num_clients = labels.shape[0]
 
@@ -133,6 +144,8 @@ def sequential_round(state: SFLState, images, labels, server_key, *, model: Spli
             features, client_stats = client_apply(model, client_params, client.batch_stats,
                                                   client_images, train=True)
             penalty_value, penalty_metrics = penalty(decoder, features, client_images)
+            if smash is not None:
+                features = smash(_smash_key(server_key, index), features)
             logits, server_stats = server_apply(model, server_params, server.batch_stats,
                                                 features, jax.random.fold_in(server_key, index),
                                                 train=True)
@@ -156,27 +169,33 @@ def sequential_round(state: SFLState, images, labels, server_key, *, model: Spli
 ROUNDS = {"parallel": parallel_round, "sequential": sequential_round}
 
 
-def parallel_step(state: SFLState, batch, key, *, model: SplitModel, augment: str):
-    """One vanilla round with the ``parallel`` server schedule.
+def parallel_step(state: SFLState, batch, key, *, model: SplitModel, augment: str,
+                  penalty: Callable = _no_penalty, smash: Callable | None = None):
+    """One round with the ``parallel`` server schedule (vanilla, or with a training defense).
 
     Args:
       state: SFLState with K client slots.
       batch: {'image': uint8 or float [K, B, H, W, 3], 'label': int32 [K, B]}.
       key: typed PRNG key for this round.
+      penalty, smash: optional training-time defenses, see ``parallel_round``.
 
     Returns:
-      (new_state, metrics) with scalar metrics 'train/ce_loss' and 'train/accuracy'.
+      (new_state, metrics) with scalar metrics 'train/ce_loss' and 'train/accuracy' (plus the
+      penalty's metrics).
     """
     aug_key, server_key = round_keys(key)
     images = prepare_images(aug_key, batch["image"], augment=augment)
-    return parallel_round(state, images, batch["label"], server_key, model=model)
+    return parallel_round(state, images, batch["label"], server_key, model=model,
+                          penalty=penalty, smash=smash)
 
 
-def sequential_step(state: SFLState, batch, key, *, model: SplitModel, augment: str):
-    """One vanilla round with the reference's ``sequential`` (V2) schedule; see parallel_step."""
+def sequential_step(state: SFLState, batch, key, *, model: SplitModel, augment: str,
+                    penalty: Callable = _no_penalty, smash: Callable | None = None):
+    """One round with the reference's ``sequential`` (V2) schedule; see parallel_step."""
     aug_key, server_key = round_keys(key)
     images = prepare_images(aug_key, batch["image"], augment=augment)
-    return sequential_round(state, images, batch["label"], server_key, model=model)
+    return sequential_round(state, images, batch["label"], server_key, model=model,
+                            penalty=penalty, smash=smash)
 
 
 def check_schedule(schedule: str) -> None:
@@ -184,11 +203,15 @@ def check_schedule(schedule: str) -> None:
         raise ValueError(f"Unknown server schedule {schedule!r}; choose one of {SCHEDULES}.")
 
 
-def make_train_step(*, model: SplitModel, schedule: str, augment: str):
-    """Returns the unjitted ``(state, batch, key) -> (state, metrics)`` for ``schedule``."""
+def make_train_step(*, model: SplitModel, schedule: str, augment: str,
+                    penalty: Callable = _no_penalty, smash: Callable | None = None):
+    """Returns the unjitted ``(state, batch, key) -> (state, metrics)`` for ``schedule``.
+
+    ``penalty`` / ``smash``: optional training-time defenses (see ``parallel_round``).
+    """
     check_schedule(schedule)
     step = parallel_step if schedule == "parallel" else sequential_step
-    return functools.partial(step, model=model, augment=augment)
+    return functools.partial(step, model=model, augment=augment, penalty=penalty, smash=smash)
 
 
 def eval_step(state: SFLState, batch, *, model: SplitModel, client_index: int = 0):
