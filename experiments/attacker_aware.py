@@ -44,6 +44,9 @@ def validate(a) -> None:
             raise ValueError(f"attacker.{key} must be >= 1, got {a[key]}.")
     if a.alpha < 0:
         raise ValueError(f"attacker.alpha must be >= 0, got {a.alpha}.")
+    if a.penalty_bn not in ressfl.PENALTY_BN:
+        raise ValueError(f"Unknown attacker.penalty_bn {a.penalty_bn!r}; choose one of "
+                         f"{ressfl.PENALTY_BN}.")
     for key in ("pretrain_epochs", "pretrain_max_pairs"):
         if a[key] < 0:
             raise ValueError(f"attacker.{key} must be >= 0, got {a[key]}.")
@@ -58,7 +61,7 @@ def phase0_images(a, dataset):
 
 
 def setup(config, a, *, state, model, dataset, steps: int, augment: str, init_key,
-          interval: int | None = None):
+          interval: int | None = None, smash=None):
     """Adds decoders to ``state`` and builds the attacker-aware round; see ``AttackerAware``.
 
     Args:
@@ -68,6 +71,7 @@ def setup(config, a, *, state, model, dataset, steps: int, augment: str, init_ke
         trains on the client as it is when training starts).
       steps: rounds per epoch.
       interval: overrides ``a.interval`` (attacker_aware_from_scratch).
+      smash: optional training-time defense on the smashed data (``common.training_defenses``).
     """
     validate(a)
     interval = a.interval if interval is None else interval
@@ -86,7 +90,8 @@ def setup(config, a, *, state, model, dataset, steps: int, augment: str, init_ke
     train_step = ressfl.make_ressfl_step(
         model=model, decoder=decoder, schedule=config.run.scheme, augment=augment,
         alpha=a.alpha, threshold=a.threshold, kind=a.loss, interval=interval,
-        decoder_steps=a.decoder_steps, steps_per_epoch=steps)
+        decoder_steps=a.decoder_steps, steps_per_epoch=steps, smash=smash,
+        penalty_bn=a.penalty_bn)
     prepare = None
     if a.pretrain_epochs:
         fit_settings = decoder_fit.FitSettings(epochs=a.pretrain_epochs,

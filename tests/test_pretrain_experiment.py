@@ -64,6 +64,7 @@ def test_resume_after_phase0_equals_uninterrupted(tmp_path):
     ("attacker.pretrain_selection", "best_test", "best_test"),
     ("attacker.interval", 0, "interval"),
     ("attacker.alpha", -1.0, "alpha"),
+    ("attacker.penalty_bn", "train", "penalty_bn"),
 ])
 def test_bad_attacker_config_fails_early(tmp_path, key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -74,10 +74,12 @@ def test_decoder_step_changes_only_decoders(setup):
                            np.asarray(jax.tree.leaves(state.decoders.params)[0]))
 
 
-@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
-def test_resistant_step_leaves_decoders_bit_identical(setup, schedule):
+@pytest.mark.parametrize("schedule,penalty_bn",
+                         [("parallel", "eval"), ("sequential", "eval"), ("parallel", "batch")])
+def test_resistant_step_leaves_decoders_bit_identical(setup, schedule, penalty_bn):
     model, decoder, state, batch = setup
-    penalty = ressfl.make_penalty(decoder, alpha=0.5, threshold=0.0, kind="ssim")
+    penalty = ressfl.make_penalty(decoder, alpha=0.5, threshold=0.0, kind="ssim",
+                                  penalty_bn=penalty_bn)
     images = batch["image"].astype(jnp.float32) / 255.0
     new, metrics = jax.jit(functools.partial(sfl.ROUNDS[schedule], model=model,
                                              penalty=penalty))(
@@ -155,3 +157,34 @@ def test_bad_settings(setup):
         step_fn(model, decoder, interval=0)
     with pytest.raises(ValueError, match="alpha"):
         step_fn(model, decoder, alpha=-1.0)
+
+
+@pytest.mark.parametrize("penalty_bn", ressfl.PENALTY_BN)
+def test_penalty_bn_picks_the_decoders_batchnorm_statistics(setup, penalty_bn):
+    model, decoder, state, _ = setup
+    dec = jax.tree.map(lambda x: x[0], state.decoders)
+    client = jax.tree.map(lambda x: x[0], state.clients)
+    images = jnp.asarray(np.random.default_rng(1).uniform(size=(B, 32, 32, 3)), jnp.float32)
+    features, _ = sfl.client_apply(model, client.params, client.batch_stats, images, train=True)
+    penalty = ressfl.make_penalty(decoder, alpha=2.0, threshold=0.0, kind="ssim",
+                                  penalty_bn=penalty_bn)
+    value, metrics = penalty(dec, features, images)
+    variables = {"params": dec.params, "batch_stats": dec.batch_stats}
+    if penalty_bn == "eval":
+        recon = decoder.apply(variables, features, train=False)
+    else:  # This batch's statistics, as in the decoder's own training step.
+        recon, _ = decoder.apply(variables, features, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(value, 2.0 * losses.ssim(recon, images), rtol=1e-5)
+    np.testing.assert_allclose(metrics["train/inversion_ssim"], losses.ssim(recon, images),
+                               rtol=1e-5)
+
+
+def test_penalty_bn_modes_differ_and_bad_value_is_refused(setup):
+    model, decoder, state, batch = setup
+    key = jax.random.key(7)
+    s = state.replace(step=jnp.asarray(1, jnp.int32))
+    out = {bn: step_fn(model, decoder, alpha=5.0, interval=10, penalty_bn=bn)(s, batch, key)[1]
+           for bn in ressfl.PENALTY_BN}
+    assert float(out["eval"]["train/inversion_ssim"]) != float(out["batch"]["train/inversion_ssim"])
+    with pytest.raises(ValueError, match="penalty_bn 'train'"):
+        step_fn(model, decoder, penalty_bn="train")

@@ -32,6 +32,8 @@ def attacker_config() -> ml_collections.ConfigDict:
     a.decoder_steps = 1             # Decoder updates per such round (gan_adv_stepN).
     a.decoder_lr = 1e-3             # Adam, with the model's multistep decay (spec §4.2).
     a.decoder_sync = False          # FedAvg the decoders at epoch ends too.
+    a.penalty_bn = "eval"           # Frozen decoder's BatchNorm in the penalty: 'eval'
+    #                                 (reference, running stats) | 'batch' (batch statistics).
     # Phase 0 (spec §4.3): pre-train the attacker on the frozen initial client's features.
     a.pretrain_epochs = 30          # 0 skips phase 0.
     a.pretrain_batch_size = 32

@@ -90,16 +90,29 @@ def decoder_step(state: SFLState, images, *, model, decoder, kind: str, steps: i
     return state.replace(decoders=decoders), loss
 
 
-def make_penalty(decoder, *, alpha: float, threshold: float, kind: str):
+PENALTY_BN = ("eval", "batch")
+
+
+def check_penalty_bn(penalty_bn: str) -> None:
+    if penalty_bn not in PENALTY_BN:
+        raise ValueError(f"Unknown penalty_bn {penalty_bn!r}; choose one of {PENALTY_BN} "
+                         "('eval' = the reference's running statistics).")
+
+
+def make_penalty(decoder, *, alpha: float, threshold: float, kind: str,
+                 penalty_bn: str = "eval"):
     """``(decoder_k, features_k, images_k) -> (alpha * penalty, metrics)`` for the sfl rounds.
 
-    The decoder is frozen: eval-mode BatchNorm and ``stop_gradient`` on its parameters, so the
-    penalty's gradient flows only through the features into the client.
+    The decoder is frozen: ``stop_gradient`` on its parameters, so the penalty's gradient flows
+    only through the features into the client. ``penalty_bn`` picks the decoder's BatchNorm
+    statistics: 'eval' (the reference: running averages) or 'batch' (this batch's statistics,
+    as the decoder sees them when it trains; the running averages are not updated).
     """
+    check_penalty_bn(penalty_bn)
 
     def penalty(dec, features, images):
         params = jax.lax.stop_gradient(dec.params)
-        recon, _ = _decoder_apply(decoder, dec, params, features, train=False)
+        recon, _ = _decoder_apply(decoder, dec, params, features, train=penalty_bn == "batch")
         value = losses.resistance_penalty(recon, images, kind=kind, threshold=threshold)
         recon = jax.lax.stop_gradient(recon)
         metrics = {"train/inversion_ssim": losses.ssim(recon, images),
@@ -112,7 +125,7 @@ def make_penalty(decoder, *, alpha: float, threshold: float, kind: str):
 
 def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, schedule: str,
                 alpha: float, threshold: float, kind: str, interval: int, decoder_steps: int,
-                steps_per_epoch: int, smash=None):
+                steps_per_epoch: int, smash=None, penalty_bn: str = "eval"):
     """One attacker-aware round: (maybe) decoder update, then the resistant step.
 
     Args:
@@ -121,6 +134,7 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
       interval: the decoder is updated on rounds with (step mod steps_per_epoch) mod interval
         == 0 (the reference's ``optimize_computation``); the penalty applies on every round.
       smash: optional defense on the smashed data sent to the server (``sfl.parallel_round``).
+      penalty_bn: the frozen decoder's BatchNorm mode in the penalty (``make_penalty``).
 
     Returns:
       (new_state, metrics): CE, accuracy, the attacker's SSIM/MSE on this batch, the penalty,
@@ -138,7 +152,8 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
         num_clients = batch["label"].shape[0]
         state, dec_loss = jax.lax.cond(
             do_update, update, lambda s: (s, jnp.zeros((num_clients,), jnp.float32)), state)
-    penalty = make_penalty(decoder, alpha=alpha, threshold=threshold, kind=kind)
+    penalty = make_penalty(decoder, alpha=alpha, threshold=threshold, kind=kind,
+                           penalty_bn=penalty_bn)
     state, metrics = sfl.ROUNDS[schedule](state, images, batch["label"], server_key,
                                           model=model, penalty=penalty, smash=smash)
     weight = do_update.astype(jnp.float32)
@@ -149,7 +164,7 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
 
 def make_ressfl_step(*, model, decoder, schedule: str, augment: str, alpha: float,
                      threshold: float, kind: str, interval: int, decoder_steps: int,
-                     steps_per_epoch: int, smash=None):
+                     steps_per_epoch: int, smash=None, penalty_bn: str = "eval"):
     """Validates the settings and binds them: returns ``(state, batch, key) -> (state, metrics)``."""
     sfl.check_schedule(schedule)
     if kind not in losses.INVERSION_KINDS:
@@ -161,10 +176,12 @@ def make_ressfl_step(*, model, decoder, schedule: str, augment: str, alpha: floa
             raise ValueError(f"{name} must be >= 1, got {value}.")
     if alpha < 0:
         raise ValueError(f"alpha (reg_strength) must be >= 0, got {alpha}.")
+    check_penalty_bn(penalty_bn)
     return functools.partial(ressfl_step, model=model, decoder=decoder, augment=augment,
                              schedule=schedule, alpha=alpha, threshold=threshold, kind=kind,
                              interval=interval, decoder_steps=decoder_steps,
-                             steps_per_epoch=steps_per_epoch, smash=smash)
+                             steps_per_epoch=steps_per_epoch, smash=smash,
+                             penalty_bn=penalty_bn)
 
 
 def make_decoder_tx(*, lr: float = 1e-3, updates_per_epoch: int, milestones, gamma: float):
