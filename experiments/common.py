@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import ressfl_jax
-from ressfl_jax import optim
+from ressfl_jax import defenses, optim
 from ressfl_jax.data import load_dataset, partition
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.training import loop, sfl
@@ -57,6 +57,34 @@ def validate(config) -> None:
     for key in ("num_epochs", "log_every_steps", "eval_every_epochs", "ckpt_every_epochs"):
         if config.run[key] < 1:
             raise ValueError(f"run.{key} must be >= 1, got {config.run[key]}.")
+
+
+def training_defenses(config, dataset):
+    """(penalty or None, smash or None) of the ``defense`` group, for the SFL rounds."""
+    d = config.defense
+    smash = defenses.make_smash(defenses.parse_defense(d.kind, d.strength))
+    penalty = None
+    if d.nopeek_alpha:
+        penalty = defenses.make_nopeek_penalty(alpha=d.nopeek_alpha, mean=dataset.mean,
+                                               std=dataset.std)
+    return penalty, smash
+
+
+def aware_smash(config, dataset):
+    """The training-time smash defense for attacker-aware runs (NoPeek cannot be combined)."""
+    penalty, smash = training_defenses(config, dataset)
+    if penalty is not None:
+        raise ValueError("defense.nopeek_alpha cannot be combined with attacker-aware training "
+                         "(both are client penalties); set one of them.")
+    return smash
+
+
+def make_train_step(config, model, dataset):
+    """The vanilla SFL round with the configured training-time defenses."""
+    penalty, smash = training_defenses(config, dataset)
+    extra = {} if penalty is None else {"penalty": penalty}
+    return sfl.make_train_step(model=model, schedule=config.run.scheme,
+                               augment=augment_mode(config, dataset), smash=smash, **extra)
 
 
 def load_data(config):
@@ -145,7 +173,7 @@ def loop_settings(config) -> loop.LoopSettings:
         ckpt_every_epochs=config.run.ckpt_every_epochs,
         max_steps_per_epoch=config.run.max_steps_per_epoch,
         eval_batch_size=config.data.eval_batch_size,
-        keep_checkpoints=config.run.keep_checkpoints,
+        keep_checkpoints=config.run.keep_checkpoints, devices=config.run.devices,
         keep_epochs=tuple(int(e) for e in config.run.keep_epochs))
 
 
@@ -156,6 +184,8 @@ def root_keys(seed: int):
 
 
 def write_config(config, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
@@ -185,6 +215,8 @@ def cli(run: Callable, *, name: str, report: Callable[[dict, str], None]) -> Non
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if os.environ.get("RESSFL_DISTRIBUTED") == "1":
+            jax.distributed.initialize()  # Cluster from the environment (SLURM, TPU pods).
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
         config = config_flag.value

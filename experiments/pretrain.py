@@ -34,7 +34,8 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
                              image_shape=dataset.train_images.shape[1:])
     aware = attacker_aware.setup(config, config.attacker, state=state, model=model,
                                  dataset=dataset, steps=steps,
-                                 augment=common.augment_mode(config, dataset), init_key=init_key)
+                                 augment=common.augment_mode(config, dataset), init_key=init_key,
+                                 smash=common.aware_smash(config, dataset))
     meta = common.run_meta(config, dataset, model, kind="pretrain")
     meta["attacker"] = aware.meta
     meta["client_flops"] = attacker_aware.client_flops(

@@ -6,7 +6,7 @@
 
 from experiments import attacker_aware, common
 from ressfl_jax.state import create_sfl_state
-from ressfl_jax.training import loop, sfl
+from ressfl_jax.training import loop
 
 
 def run(config, workdir: str, *, resume: bool = False) -> dict:
@@ -21,8 +21,7 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
     state = create_sfl_state(init_key, model, client_tx=client_tx, server_tx=server_tx,
                              num_clients=config.data.num_clients,
                              image_shape=dataset.train_images.shape[1:])
-    train_step = sfl.make_train_step(model=model, schedule=config.run.scheme,
-                                     augment=common.augment_mode(config, dataset))
+    train_step = common.make_train_step(config, model, dataset)
     meta = common.run_meta(config, dataset, model, kind="train")
     meta["client_flops"] = attacker_aware.client_flops(
         config, model, state, image_shape=dataset.train_images.shape[1:])

@@ -19,7 +19,7 @@ from experiments import attacker_aware, common
 from experiments.configs.transfer import MODES
 from ressfl_jax import expert, transfer
 from ressfl_jax.state import create_sfl_state
-from ressfl_jax.training import loop, sfl
+from ressfl_jax.training import loop
 
 EXPERT_MODES = ("lite", "naive", "freeze")
 AWARE_MODES = ("lite", "attacker_aware_from_scratch")
@@ -103,13 +103,13 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
         interval = t.scratch_interval if t.mode == "attacker_aware_from_scratch" else None
         aware = attacker_aware.setup(config, config.attacker, state=state, model=model,
                                      dataset=dataset, steps=steps, augment=augment,
-                                     init_key=init_key, interval=interval)
+                                     init_key=init_key, interval=interval,
+                                     smash=common.aware_smash(config, dataset))
         state, train_step, prepare, decoder = (aware.state, aware.train_step, aware.prepare,
                                                aware.decoder)
         meta["attacker"] = aware.meta
     else:
-        train_step = sfl.make_train_step(model=model, schedule=config.run.scheme,
-                                         augment=augment)
+        train_step = common.make_train_step(config, model, dataset)
     meta["client_flops"] = attacker_aware.client_flops(
         config, model, state, decoder, image_shape=image_shape,
         interval=meta["attacker"]["interval"] if decoder is not None else 1)

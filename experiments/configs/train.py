@@ -47,11 +47,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.gamma = 0.2
     c.optim.zero_lr_first_epoch = True  # The reference's LR-0 first epoch (spec §4.6).
 
+    c.defense = ml_collections.ConfigDict()  # Training-time defenses (spec §8).
+    c.defense.kind = "none"          # On the smashed data sent to the server while training:
+    #                                  none|gaussian|laplace|dropout|topk (the reference applies
+    #                                  these only at test time: see configs/attack.py).
+    c.defense.strength = 0.0         # gaussian: epsilon; laplace: s (scale 1/s); dropout and
+    #                                  topk: the ratio (ressfl_jax.defenses).
+    c.defense.nopeek_alpha = 0.0     # > 0: loss CE + alpha * dCor(x, z) (NoPeek, trained).
+
     c.run = ml_collections.ConfigDict()
     c.run.seed = 123
     c.run.num_epochs = 200
     c.run.scheme = "parallel"        # Server schedule: parallel (fast) | sequential (reference V2).
     c.run.max_steps_per_epoch = 0    # 0 = full epochs; > 0 caps rounds per epoch.
+    c.run.devices = 1                # Shard the client slots over devices: 1 = one device,
+    #                                  -1 = every device (all processes), n = the first n.
     c.run.log_every_steps = 50
     c.run.eval_every_epochs = 1
     c.run.ckpt_every_epochs = 1
