@@ -12,6 +12,7 @@ done), reconstruction grids ``recon/<which>_<step>.png`` (first row: targets; th
 attacker, in ``summary.json['grid_rows']`` order), TensorBoard scalars/images, ``metrics.jsonl``.
 """
 
+import functools
 import json
 import os
 
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from experiments import common
-from ressfl_jax import checkpoints, expert, metrics
+from ressfl_jax import checkpoints, defenses, expert, metrics
 from ressfl_jax.attacks import protocol, targets
 from ressfl_jax.client_model import load_client_model
 from ressfl_jax.models.decoders import parse_decoder
@@ -90,6 +91,9 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
     if config.targets not in TARGET_SOURCES:
         raise ValueError(f"Unknown targets {config.targets!r}; choose one of {TARGET_SOURCES}.")
     steps = attacked_steps(config)
+    spec = defenses.parse_defense(config.defense_kind, config.defense_strength)
+    target_defense = None if spec.kind == "none" else functools.partial(
+        defenses.apply_defense, spec)
     first = load_client_model(config.checkpoint, which=steps[0][0], step=steps[0][1],
                               conv_impl=config.conv_impl)
     settings = settings_from(config, int(first.meta.get("num_clients", 1)))
@@ -112,8 +116,9 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
                 continue
             result, images = protocol.attack_client(
                 jax.random.key(config.seed), client, dataset, target_images, target_indices,
-                settings)
-            result.update(which=which, step=client.step)  # Loop checkpoints: step = epoch.
+                settings, target_defense=target_defense)
+            result.update(which=which, step=client.step,  # Loop checkpoints: step = epoch.
+                          defense={"kind": spec.kind, "strength": spec.strength})
             _write_json(path, result)
             _write_images(writer, workdir, name, client.step, images, config.grid_images)
             writer.write_scalars(client.step, _scalars(result))
@@ -143,10 +148,13 @@ def _scalars(result: dict) -> dict:
 
 
 def _write_images(writer, workdir, name, step, images, n):
-    rows = [images["targets"][:n]] + [v[:n] for k, v in images.items() if k != "targets"]
-    n = min(len(r) for r in rows)
-    grid = metrics.image_grid([r[:n] for r in rows])
+    """The grid PNG, TensorBoard image, and the grid's arrays (``recon/NAME.npz``, for
+    side-by-side comparisons of several attacked models)."""
+    n = min([n] + [len(v) for v in images.values()])
+    rows = {k: np.asarray(v[:n], np.float32) for k, v in images.items()}
+    grid = metrics.image_grid(list(rows.values()))
     metrics.save_png(os.path.join(workdir, "recon", f"{name}.png"), grid)
+    np.savez_compressed(os.path.join(workdir, "recon", f"{name}.npz"), **rows)
     writer.write_images(step, {"attack/reconstructions": grid})
 
 

@@ -101,24 +101,33 @@ class ClientModel:
         return sfl.client_apply(self.model, self.client["params"], self.client["batch_stats"],
                                 augment.to_float(images), train=False)[0]
 
-    def accuracy(self, images: np.ndarray, labels: np.ndarray, *, defense=None,
+    def accuracy(self, images: np.ndarray, labels: np.ndarray, *, defense=None, key=None,
                  batch_size: int = 500) -> float:
         """Test accuracy of this client with the checkpoint's server (eval mode).
 
         Args:
           images: uint8 [N, H, W, 3]; labels: int [N].
-          defense: optional jittable ``features -> features`` applied to the smashed data (a
-            test-time defense, as the reference applies to every validation batch).
+          defense: optional jittable ``(key, features) -> features`` applied to the smashed
+            data of every batch (a test-time defense, as the reference applies to every
+            validation batch); batch i uses ``fold_in(key, i)``.
+          key: typed PRNG key for a random ``defense``.
         """
         batches = loop.eval_batches(images, np.asarray(labels, np.int32), batch_size)
-        sums = _accuracy_sums(self.model, defense, self.client, self.server, batches)
+        key = jax.random.key(0) if key is None else key
+        sums = _accuracy_sums(self.model, defense, self.client, self.server, batches, key)
         return float(sums["correct"] / sums["count"])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _accuracy_sums(model, defense, client, server, batches):
-    sums = jax.lax.map(lambda b: sfl.eval_sums(model, client, server, b, defense=defense),
-                       batches)
+def _accuracy_sums(model, defense, client, server, batches, key):
+    def one(args):
+        batch, index = args
+        defend = None if defense is None else functools.partial(
+            defense, jax.random.fold_in(key, index))
+        return sfl.eval_sums(model, client, server, batch, defense=defend)
+
+    num = batches["label"].shape[0]
+    sums = jax.lax.map(one, (batches, jnp.arange(num)))
     return jax.tree.map(jnp.sum, sums)
 
 

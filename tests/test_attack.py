@@ -40,8 +40,8 @@ class FakeClient:
         images = np.asarray(images)
         return self.apply(images / 255.0 if images.dtype == np.uint8 else images)
 
-    def accuracy(self, images, labels, *, defense=None):
-        del images, labels, defense
+    def accuracy(self, images, labels, *, defense=None, key=None):
+        del images, labels, defense, key
         return 0.5
 
 

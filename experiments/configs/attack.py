@@ -46,6 +46,11 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
     #                              data); 'reference': the reference's 128 fixture images.
     c.reference_dir = ""         # Checkout of zlijingtao/ResSFL, for targets='reference'.
     c.num_targets = 128
+    # A test-time defense on the smashed data (spec §8: the reference's post-hoc Table 4
+    # defenses): applied to the targets' features and to every accuracy batch; the attacker
+    # still trains on clean features. none|gaussian|laplace|dropout|topk.
+    c.defense_kind = "none"
+    c.defense_strength = 0.0     # gaussian: epsilon; laplace: s (scale 1/s); dropout/topk: ratio.
     # The optimisation attack (MIA_mf, spec §7.6); 0 steps = off.
     c.optimization = ml_collections.ConfigDict()
     c.optimization.steps = 0     # The reference: 3000.

@@ -55,19 +55,20 @@ def to_unit(images: np.ndarray, *, jpeg: bool) -> jax.Array:
 
 
 def prepare_data(client, aux_images: np.ndarray, target_images: np.ndarray, *, jpeg: bool,
-                 target_defense=None) -> AttackData:
+                 target_defense=None, key=None) -> AttackData:
     """Queries the frozen client on the auxiliary and target images.
 
     Args:
       client: ``images uint8/float [N, H, W, 3] -> smashed data`` (e.g. a ``ClientModel``).
       aux_images / target_images: uint8 [N, H, W, 3].
       jpeg: round-trip all images through JPEG before using them as ground truth.
-      target_defense: optional ``features -> features`` applied to the targets' smashed data
-        only (a test-time defense; the attacker trains on clean features, as the reference).
+      target_defense: optional ``(key, features) -> features`` applied to the targets'
+        smashed data only (a test-time defense; the attacker trains on clean features, as the
+        reference); ``key`` is its PRNG key.
     """
     target_features = client(target_images)
     if target_defense is not None:
-        target_features = target_defense(target_features)
+        target_features = target_defense(key, target_features)
     return AttackData(aux_features=client(aux_images), aux_targets=to_unit(aux_images, jpeg=jpeg),
                       target_features=jnp.asarray(target_features, jnp.float32),
                       target_truth=to_unit(target_images, jpeg=jpeg))

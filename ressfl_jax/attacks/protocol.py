@@ -87,8 +87,9 @@ def attack_client(key, client, dataset, target_images: np.ndarray, target_indice
       target_images: uint8 [T, H, W, 3], the private images to reconstruct.
       target_indices: their indices in ``dataset.train_images`` (excluded from 'train' aux
         data); empty if they come from elsewhere.
-      target_defense: optional jittable ``features -> features`` test-time defense, applied to
-        the target features and to every evaluation batch.
+      target_defense: optional jittable ``(key, features) -> features`` test-time defense (e.g.
+        ``functools.partial(defenses.apply_defense, spec)``), applied to the target features and
+        to every evaluation batch.
 
     Returns:
       (result, images): ``result`` = {'accuracy', 'attacks': [per decoder], 'worst_case',
@@ -97,10 +98,13 @@ def attack_client(key, client, dataset, target_images: np.ndarray, target_indice
     """
     settings.validate()
     start = time.perf_counter()
-    accuracy = client.accuracy(dataset.test_images, dataset.test_labels, defense=target_defense)
+    defense_key = jax.random.fold_in(key, 2 ** 30)  # A stream apart from the decoders' keys.
+    accuracy = client.accuracy(dataset.test_images, dataset.test_labels, defense=target_defense,
+                               key=jax.random.fold_in(defense_key, 0))
     aux = aux_images(dataset, settings, target_indices)
     data = learned.prepare_data(client, aux, target_images, jpeg=settings.jpeg,
-                                target_defense=target_defense)
+                                target_defense=target_defense,
+                                key=jax.random.fold_in(defense_key, 1))
     images = {"targets": np.asarray(data.target_truth)}
     attacks = []
     for i, decoder_type in enumerate(settings.decoders):
