@@ -23,7 +23,7 @@ from experiments.configs import transfer as transfer_config
 from experiments.configs.transfer import MODES
 
 
-def _reuse_or_run(run_fn, config, workdir: str) -> dict:
+def reuse_or_run(run_fn, config, workdir: str) -> dict:
     """Runs a stage unless WORKDIR/summary.json exists; resumes a stage that was interrupted."""
     path = os.path.join(workdir, "summary.json")
     if os.path.exists(path):
@@ -35,7 +35,7 @@ def _reuse_or_run(run_fn, config, workdir: str) -> dict:
     return run_fn(config, workdir, resume=resume)
 
 
-def _row(method: str, task: str, train: dict, attacked: dict) -> dict:
+def table_row(method: str, task: str, train: dict, attacked: dict) -> dict:
     worst = attacked["worst_case"]
     flops = train.get("run", {}).get("client_flops") or {}
     per_image = flops.get("attacker_aware", flops.get("vanilla"))
@@ -50,7 +50,7 @@ def _row(method: str, task: str, train: dict, attacked: dict) -> dict:
             "images_per_sec": train["images_per_sec"], "wall_seconds": train["wall_seconds"]}
 
 
-def _task(summary: dict) -> str:
+def task_name(summary: dict) -> str:
     data = summary["config"]["data"]
     return f"{data['dataset']} {data['classes'] or 'all'}"
 
@@ -64,12 +64,12 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
         raise ValueError(f"Unknown transfer modes {unknown}; choose from {MODES}.")
     expert_dir = os.path.join(workdir, "expert")
     source = pretrain_config.get_config(config.pretrain_preset)
-    trained = {"expert (source task)": _reuse_or_run(pretrain.run, source, expert_dir)}
+    trained = {"expert (source task)": reuse_or_run(pretrain.run, source, expert_dir)}
     dirs = {"expert (source task)": expert_dir}
     if config.source_vanilla:
         # The same model, data and schedule as the expert, without the attacker-aware term.
         dirs["vanilla (source task)"] = os.path.join(workdir, "vanilla_source")
-        trained["vanilla (source task)"] = _reuse_or_run(train.run, source,
+        trained["vanilla (source task)"] = reuse_or_run(train.run, source,
                                                          dirs["vanilla (source task)"])
     for mode in modes:
         t = transfer_config.get_config(config.transfer_preset)
@@ -77,13 +77,13 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
         t.transfer.expert = expert_dir
         name = "ResSFL (lite)" if mode == "lite" else mode
         dirs[name] = os.path.join(workdir, f"transfer_{mode}")
-        trained[name] = _reuse_or_run(transfer.run, t, dirs[name])
+        trained[name] = reuse_or_run(transfer.run, t, dirs[name])
     rows = []
     for name, summary in trained.items():
         a = attack_config.get_config(config.attack_preset)
         a.checkpoint, a.which = dirs[name], config.which
-        attacked = _reuse_or_run(attack.run, a, os.path.join(dirs[name], "attack"))
-        rows.append(_row(name, _task(summary), summary, attacked))
+        attacked = reuse_or_run(attack.run, a, os.path.join(dirs[name], "attack"))
+        rows.append(table_row(name, task_name(summary), summary, attacked))
     result = {"rows": rows, "config": json.loads(config.to_json())}
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "report.md"), "w") as f:

@@ -1,0 +1,58 @@
+"""Config for the defense comparison (``python -m experiments.compare``): every key is here.
+
+All methods train on the target task of the transfer preset (the reference's Table 4 uses
+CIFAR-100, VGG-11-bn cut 4, K=2) and are attacked by the same attackers on the same targets:
+
+  ``vanilla``          plain SFL without a bottleneck; the post-hoc defenses below are applied to
+                       this one model at test time only (as the reference's Table 4 does).
+  ``posthoc``          'kind:s1,s2;kind:...' over gaussian (epsilon), laplace (s, scale 1/s),
+                       dropout (rate), topk (ratio): each setting is one attack of ``vanilla``.
+  ``bottlenecks``      bottleneck-only models (trained, no regularisation).
+  ``nopeek``           NoPeek weights alpha (trained: CE + alpha * dCor, no bottleneck).
+  ``ressfl_alphas``    ResSFL (transfer ``lite`` from the expert) for each alpha.
+
+Training runs and their attacks live under ``runs_dir`` (cpu: runs/pipeline_cpu, shared with
+``experiments.pipeline``, whose expert, ``transfer_scratch`` (= the norelu_C8S1
+bottleneck-only model) and ``transfer_lite`` runs are reused). Outputs in WORKDIR:
+``report.md``, ``tradeoff.png``, ``reconstructions.png`` (targets, then each method's
+strongest attacker), ``summary.json``.
+
+Presets: ``cpu`` (Fashion-MNIST 5-9, short sweeps; declared below), ``smoke`` (tests),
+``paper_cifar100`` (the reference's Table 4 sweeps; needs data_dir and the expert).
+"""
+
+import ml_collections
+
+PRESETS = ("cpu", "smoke", "paper_cifar100")
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+    preset = preset or "cpu"
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.train_preset = "smoke" if preset == "smoke" else "cpu"   # configs/transfer.py preset.
+    c.pretrain_preset = c.train_preset                          # configs/pretrain.py preset.
+    c.attack_preset = c.train_preset                            # configs/attack.py preset.
+    c.runs_dir = "runs/pipeline_cpu" if preset == "cpu" else ""  # '' = WORKDIR.
+    c.data_dir = ""                   # Overrides data.data_dir of every training run.
+    c.expert = ""                     # An existing expert WORKDIR; '' = pretrain one here.
+    c.posthoc = "laplace:10,20;dropout:0.2;topk:0.5"
+    c.bottlenecks = "norelu_C4S1,norelu_C8S1"
+    c.nopeek = "1.0"
+    c.ressfl_alphas = "0.3"
+    c.which = "best"
+    if preset == "smoke":
+        c.posthoc = "laplace:10"
+        c.bottlenecks = ""
+        c.nopeek = "1.0"
+    elif preset == "paper_cifar100":
+        c.train_preset = "paper_cifar10_to_cifar100"
+        c.pretrain_preset = "paper_cifar10"
+        c.attack_preset = "reference"
+        c.posthoc = "laplace:10,12.5,20;dropout:0.15,0.2,0.25;topk:0.5,0.6,0.7"
+        c.bottlenecks = "norelu_C4S1,norelu_C8S1,norelu_C16S1"
+        c.nopeek = "1.0,1.5,2.0"
+        c.ressfl_alphas = "0.3"
+    return c
