@@ -1,103 +1,238 @@
-"""Throughput benchmark of the jitted SFL training step: ``python -m experiments.benchmark``.
+"""Throughput of the jitted steps, optionally side by side with the PyTorch reference.
 
-Times the vanilla SFL round (VGG-11-bn by default, paper shapes: cut 4, batch 128 per client)
-for a grid of settings in ONE process, alternating them, and prints compile time, median step
-time with its spread, img/s and the ratio to the first setting. Example (the CPU conv fix):
+  python -m experiments.benchmark                                  # all steps, K = 1, 2, 10
+  python -m experiments.benchmark --steps=vanilla --num_clients=1,2,10,100 --schemes=parallel,sequential
+  python -m experiments.benchmark --torch_reference=/work/ref/ResSFL --out=runs/bench
 
-  python -m experiments.benchmark --conv_impl=xla,auto --num_clients=1 --repeats=5
+Steps, at the paper's shapes (VGG-11-bn, cut 4, ``norelu_C8S1``, batch 128 per client, synthetic
+CIFAR-sized data, augmentation off because the reference augments in its data loader, outside
+its timed calls):
+  ``vanilla``  one SFL round (K client steps).
+  ``expert``   the expert's attacker-aware round: res_normN4C64 decoder update + CE + SSIM hinge.
+  ``lite``     the transfer's lite round: conv_normN0C16, interval 5; one call = 5 rounds.
+  ``attack_<decoder>``  the MI attacker's decoder training, batch 32; one call = 10 steps.
+Per setting: compile time, median seconds per call and its min-max over ``--repeats`` timed
+calls, img/s (client samples per second), XLA's FLOP count of one call, achieved GFLOP/s and its
+fraction of this device's measured f32 matmul peak, and XLA's memory estimate of the program.
 
-Writes a JSON list of results to --out if given.
+``--torch_reference`` times the reference's own per-batch calls for the matching configurations
+(``experiments/torch_reference.py`` in ``.venv-torch``) in alternating blocks with ours, and
+reports ours/theirs. Results go to ``--out``/benchmark.{json,md}.
 """
 
-import itertools
+import functools
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import app, flags
 
 from ressfl_jax import optim
-from ressfl_jax.models import build_split_model
-from ressfl_jax.state import create_sfl_state
-from ressfl_jax.training import sfl
+from ressfl_jax.models import build_split_model, feature_shape
+from ressfl_jax.models.decoders import build_decoder
+from ressfl_jax.state import TrainState, create_sfl_state
+from ressfl_jax.training import decoder_fit, ressfl, sfl
 
-_ARCH = flags.DEFINE_string("arch", "vgg11_bn", "Architecture.")
-_CUT = flags.DEFINE_integer("cut_layer", 4, "Cut layer (reference numbering).")
-_BOTTLENECK = flags.DEFINE_string("bottleneck", "None", "Bottleneck option.")
+_STEPS = flags.DEFINE_list("steps", ["vanilla", "expert", "lite", "attack_res_normN4C64",
+                                     "attack_conv_normN0C16"], "Steps to time.")
+_CLIENTS = flags.DEFINE_list("num_clients", ["1", "2", "10"], "K for the vanilla step.")
+_SCHEMES = flags.DEFINE_list("schemes", ["parallel"], "Server schedules.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Per-client batch size.")
-_CONV = flags.DEFINE_list("conv_impl", ["xla", "auto"], "Conv implementations to compare.")
-_CLIENTS = flags.DEFINE_list("num_clients", ["1"], "Numbers of client slots K.")
-_SCHEMES = flags.DEFINE_list("scheme", ["parallel"], "Server schedules.")
-_WIDTH = flags.DEFINE_float("width_mult", 1.0, "Channel width multiplier.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per setting (after one warm-up).")
-_OUT = flags.DEFINE_string("out", "", "Optional JSON output path.")
+_REPEATS = flags.DEFINE_integer("repeats", 6, "Timed calls per setting (after one warm-up).")
+_BLOCKS = flags.DEFINE_integer("blocks", 2, "Alternating ours/theirs blocks (torch mode).")
+_CONV = flags.DEFINE_string("conv_impl", "auto", "Conv implementation.")
+_WIDTH = flags.DEFINE_float("width_mult", 1.0, "Channel width multiplier (tests: 1/16).")
+_TORCH = flags.DEFINE_string("torch_reference", "", "Checkout of zlijingtao/ResSFL.")
+_TORCH_PY = flags.DEFINE_string("torch_python", ".venv-torch/bin/python", "Torch interpreter.")
+_THREADS = flags.DEFINE_integer("threads", 2, "torch threads.")
+_OUT = flags.DEFINE_string("out", "", "Output directory for benchmark.json / benchmark.md.")
+
+# Our setting -> the torch harness's configuration of the same work.
+TORCH_NAMES = {("vanilla", 1): "vanilla_k1", ("vanilla", 10): "vanilla_k10",
+               ("expert", 1): "expert_hinge_active", ("lite", 2): "lite_k2",
+               ("attack_res_normN4C64", 1): "attack_res_normN4C64",
+               ("attack_conv_normN0C16", 1): "attack_conv_normN0C16"}
 
 
-def bench_setting(*, arch, cut_layer, bottleneck, batch_size, conv_impl, num_clients, scheme,
-                  width_mult):
-    """Builds the step for one setting; returns (compiled step, state, batch)."""
-    model = build_split_model(arch, cut_layer=cut_layer, bottleneck=bottleneck, num_classes=10,
-                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=width_mult,
-                              conv_impl=conv_impl)
-    tx = optim.make_sgd(0.01, momentum=0.9, weight_decay=5e-4)
+def matmul_peak() -> float:
+    """Measured f32 GFLOP/s of a 2048^2 matmul on the default device."""
+    a = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(f(a))
+        times.append(time.perf_counter() - start)
+    return 2 * 2048 ** 3 / min(times) / 1e9
+
+
+def _model():
+    return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
+                             mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.243, 0.261),
+                             width_mult=_WIDTH.value, conv_impl=_CONV.value)
+
+
+def _batch(k, b, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.integers(0, 256, (k, b, 32, 32, 3), np.uint8)),
+            "label": jnp.asarray(rng.integers(0, 10, (k, b)), jnp.int32)}
+
+
+def build(step: str, k: int, scheme: str):
+    """(call, args, samples per call) for one setting; ``call(*args)`` returns new args[0]."""
+    model, b = _model(), _BATCH.value
+    tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
+    if step.startswith("attack_"):
+        feats = feature_shape(model)
+        decoder = build_decoder(step[len("attack_"):], feature_shape=feats, init="torch",
+                                conv_impl=_CONV.value)
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=(10, 32) + feats), jnp.float32)
+        y = jnp.asarray(rng.uniform(size=(10, 32, 32, 32, 3)), jnp.float32)
+        v = decoder.init(jax.random.key(0), x[0], train=False)
+        state = TrainState.create(apply_fn=decoder.apply, params=v["params"],
+                                  tx=optax.adam(1e-3), batch_stats=v["batch_stats"])
+        one = functools.partial(decoder_fit._train_step, decoder, "mse")
+
+        def call(state, x, y):
+            return jax.lax.scan(lambda s, xy: one(s, *xy), state, (x, y))[0]
+
+        return jax.jit(call, donate_argnums=0), (state, x, y), 10 * 32
     state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
-                             num_clients=num_clients)
-    rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (num_clients, batch_size, 32, 32, 3),
-                                               np.uint8)),
-             "label": jnp.asarray(rng.integers(0, 10, (num_clients, batch_size)), jnp.int32)}
-    step = jax.jit(sfl.make_train_step(model=model, schedule=scheme, augment="crop_flip"),
-                   donate_argnums=0)
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, jax.random.key(0)).compile()
-    return compiled, state, batch, time.perf_counter() - start
+                             num_clients=k)
+    batch, key = _batch(k, b), jax.random.key(1)
+    if step == "vanilla":
+        fn = sfl.make_train_step(model=model, schedule=scheme, augment="none")
+        return (jax.jit(lambda s, bt, key: fn(s, bt, key)[0], donate_argnums=0),
+                (state, batch, key), k * b)
+    decoder_type, interval, rounds = (("res_normN4C64", 1, 1) if step == "expert"
+                                      else ("conv_normN0C16", 5, 5))
+    feats = feature_shape(model)
+    decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=_CONV.value)
+    state = state.replace(decoders=ressfl.create_decoders(
+        jax.random.key(2), decoder, num_clients=k, feature_shape=feats,
+        tx=optax.adam(1e-3)))
+    fn = ressfl.make_ressfl_step(model=model, decoder=decoder, schedule=scheme, augment="none",
+                                 alpha=0.3, threshold=0.5, kind="ssim", interval=interval,
+                                 decoder_steps=1, steps_per_epoch=100 * interval)
+
+    def call(state, batch, key):  # ``rounds`` rounds: a whole interval cycle.
+        for r in range(rounds):
+            state, _ = fn(state, batch, jax.random.fold_in(key, r))
+        return state
+
+    return jax.jit(call, donate_argnums=0), (state, batch, key), rounds * k * b
+
+
+def measure(settings, peak):
+    """Compiles every setting, then times them round-robin; returns result dicts."""
+    prepared = []
+    for step, k, scheme in settings:
+        fn, args, samples = build(step, k, scheme)
+        start = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        mem = compiled.memory_analysis()
+        peak_bytes = None if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                                               + mem.output_size_in_bytes)
+        args = (jax.block_until_ready(compiled(*args)),) + args[1:]  # warm-up
+        prepared.append(dict(step=step, num_clients=k, scheme=scheme, compiled=compiled,
+                             args=args, samples=samples, compile_s=compile_s,
+                             flops=float(cost.get("flops", 0.0)), memory_bytes=peak_bytes,
+                             times=[]))
+    for _ in range(_REPEATS.value):
+        for p in prepared:
+            start = time.perf_counter()
+            p["args"] = (jax.block_until_ready(p["compiled"](*p["args"])),) + p["args"][1:]
+            p["times"].append(time.perf_counter() - start)
+    return [{k: p[k] for k in ("step", "num_clients", "scheme", "compile_s", "flops",
+                               "memory_bytes", "times", "samples")} for p in prepared]
+
+
+def summarise(result: dict, peak: float) -> dict:
+    """Adds median, img/s, GFLOP/s and the fraction of the matmul peak from ``times``."""
+    median = statistics.median(result["times"])
+    return result | {"median_s": median, "images_per_sec": result["samples"] / median,
+                     "gflops_per_sec": result["flops"] / median / 1e9,
+                     "peak_fraction": result["flops"] / median / 1e9 / peak}
+
+
+def torch_block(names, repeats):
+    """Runs the reference harness once for ``names``; returns {name: result}."""
+    out = os.path.join(_OUT.value or ".", "torch_block.json")
+    cmd = [_TORCH_PY.value, "-m", "experiments.torch_reference",
+           f"--reference={_TORCH.value}", f"--configs={','.join(names)}",
+           f"--repeats={repeats}", f"--threads={_THREADS.value}", f"--out={out}"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        return {r["name"]: r for r in json.load(f)}
 
 
 def main(argv):
     del argv
-    settings = [dict(conv_impl=c, num_clients=int(k), scheme=s) for c, k, s in
-                itertools.product(_CONV.value, _CLIENTS.value, _SCHEMES.value)]
-    common = dict(arch=_ARCH.value, cut_layer=_CUT.value, bottleneck=_BOTTLENECK.value,
-                  batch_size=_BATCH.value, width_mult=_WIDTH.value)
-    prepared = []
-    for setting in settings:
-        compiled, state, batch, compile_s = bench_setting(**common, **setting)
-        state, metrics = compiled(state, batch, jax.random.key(1))  # Warm-up.
-        jax.block_until_ready(metrics)
-        prepared.append([compiled, state, batch, compile_s, []])
-    # Alternate settings round-robin so that machine noise hits all of them alike.
-    for r in range(_REPEATS.value):
-        for item in prepared:
-            compiled, state, batch = item[:3]
-            start = time.perf_counter()
-            state, metrics = compiled(state, batch, jax.random.key(r + 2))
-            jax.block_until_ready(metrics)
-            item[4].append(time.perf_counter() - start)
-            item[1] = state
+    settings = []
+    for step in _STEPS.value:
+        ks = ([int(k) for k in _CLIENTS.value] if step == "vanilla"
+              else [2] if step == "lite" else [1])
+        schemes = _SCHEMES.value if not step.startswith("attack_") else ["parallel"]
+        settings += [(step, k, s) for k in ks for s in schemes]
+    peak = matmul_peak()
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {jax.device_count()} dev)"
+    blocks = _BLOCKS.value if _TORCH.value else 1
+    ours, theirs = [], {}
+    names = sorted({TORCH_NAMES[(s, k)] for s, k, _ in settings if (s, k) in TORCH_NAMES})
+    for _ in range(blocks):  # Alternate ours and theirs so machine noise hits both alike.
+        ours.append(measure(settings, peak))
+        if _TORCH.value and names:
+            for name, r in torch_block(names, max(2, _REPEATS.value // blocks)).items():
+                theirs.setdefault(name, []).extend(r["step_s"])
     results = []
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"{common['arch']} cut {common['cut_layer']} bottleneck {common['bottleneck']}, "
-          f"batch {common['batch_size']}/client, width x{common['width_mult']}")
-    print(f"{'conv_impl':>9} {'K':>4} {'scheme':>10} {'compile s':>9} {'median s':>9} "
-          f"{'min-max s':>13} {'img/s':>8} {'ratio':>6}")
-    base = None
-    for setting, item in zip(settings, prepared):
-        times = item[4]
-        median = statistics.median(times)
-        rate = setting["num_clients"] * common["batch_size"] / median
-        base = base or rate
-        results.append({**common, **setting, "compile_s": item[3], "step_s": times,
-                        "median_s": median, "images_per_sec": rate, "ratio": rate / base,
-                        "device": jax.devices()[0].device_kind})
-        print(f"{setting['conv_impl']:>9} {setting['num_clients']:>4} {setting['scheme']:>10} "
-              f"{item[3]:>9.1f} {median:>9.3f} {min(times):>6.3f}-{max(times):<6.3f} "
-              f"{rate:>8.1f} {rate / base:>6.2f}")
+    for blocks_of_one in zip(*ours):  # The same setting in every block: pool its times.
+        r = summarise(blocks_of_one[0] | {"times": [t for b in blocks_of_one
+                                                     for t in b["times"]]}, peak)
+        results.append(r)
+        torch_name = TORCH_NAMES.get((r["step"], r["num_clients"]))
+        if torch_name in theirs:
+            per_step = statistics.median(theirs[torch_name])  # seconds per client step
+            batch = 32 if r["step"].startswith("attack_") else _BATCH.value
+            r["torch_name"], r["torch_images_per_sec"] = torch_name, batch / per_step
+            r["ratio_vs_torch"] = r["images_per_sec"] / r["torch_images_per_sec"]
+    table = _markdown(results, device, peak)
+    print(table)
     if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump(results, f, indent=2)
+        os.makedirs(_OUT.value, exist_ok=True)
+        with open(os.path.join(_OUT.value, "benchmark.json"), "w") as f:
+            json.dump({"device": device, "matmul_peak_gflops": peak, "argv": sys.argv,
+                       "results": results}, f, indent=2)
+        with open(os.path.join(_OUT.value, "benchmark.md"), "w") as f:
+            f.write(table + "\n")
+
+
+def _markdown(results, device, peak) -> str:
+    lines = [f"device: {device}; measured f32 matmul peak {peak:.0f} GFLOP/s",
+             "", "| step | K | scheme | compile s | median s | min-max s | img/s | GFLOP/s | "
+             "% peak | memory MB | torch img/s | ours/torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        mem = "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 2 ** 20:.0f}"
+        torch = (f"{r['torch_images_per_sec']:.0f} | {r['ratio_vs_torch']:.2f}"
+                 if "ratio_vs_torch" in r else "- | -")
+        lines.append(f"| {r['step']} | {r['num_clients']} | {r['scheme']} | "
+                     f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {min(r['times']):.3f}-"
+                     f"{max(r['times']):.3f} | {r['images_per_sec']:.0f} | "
+                     f"{r['gflops_per_sec']:.0f} | {100 * r['peak_fraction']:.0f} | {mem} | "
+                     f"{torch} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""``experiments.benchmark`` end to end at tiny width (the numbers themselves are not tested)."""
+
+import json
+
+from absl import flags
+
+from experiments import benchmark
+
+
+def test_benchmark_writes_every_setting(tmp_path):
+    flags.FLAGS(["benchmark", "--steps=vanilla,lite,attack_conv_normN0C16",
+                 "--num_clients=1,2", "--width_mult=0.0625", "--batch_size=4", "--repeats=1",
+                 f"--out={tmp_path}"])
+    try:
+        benchmark.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    with open(tmp_path / "benchmark.json") as f:
+        report = json.load(f)
+    got = [(r["step"], r["num_clients"]) for r in report["results"]]
+    assert got == [("vanilla", 1), ("vanilla", 2), ("lite", 2), ("attack_conv_normN0C16", 1)]
+    for r in report["results"]:
+        assert r["flops"] > 0 and r["images_per_sec"] > 0 and len(r["times"]) == 1
+        assert "ratio_vs_torch" not in r  # no --torch_reference
+    # One lite call is a whole interval cycle: 5 rounds x 2 clients x 4 images.
+    assert report["results"][2]["samples"] == 40
+    assert report["matmul_peak_gflops"] > 0
+    rows = [line for line in (tmp_path / "benchmark.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| step")]
+    assert len(rows) == 4
