@@ -45,8 +45,20 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
 
 
 def abstract(tree):
-    """ShapeDtypeStructs for a concrete or abstract pytree (the target of a restore)."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    """ShapeDtypeStructs for a concrete or abstract pytree (the target of a restore).
+
+    Leaves without a sharding (e.g. from ``jax.eval_shape``) are restored onto this process's
+    first device, so a checkpoint written by a multi-device run loads on one device.
+    """
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def one(x):
+        struct = ocp.utils.to_shape_dtype_struct(x)
+        if getattr(struct, "sharding", None) is None:
+            struct = jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=default)
+        return struct
+
+    return jax.tree.map(one, tree)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):

@@ -10,9 +10,10 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 import tqdm
+
+from ressfl_jax import sharding
 
 
 class MetricBuffer:
@@ -34,7 +35,7 @@ class MetricBuffer:
         """Means over the buffered steps; raises FloatingPointError on a non-finite value."""
         if not self._items:
             return {}
-        host = jax.device_get(self._items)
+        host = sharding.to_host(self._items)
         first = self._first_step
         self._items, self._first_step = [], None
         means = {k: float(np.mean([np.asarray(m[k], np.float64) for m in host])) for k in host[0]}
@@ -56,9 +57,15 @@ class MetricBuffer:
 
 
 class MetricWriter:
-    """Writes scalars to ``WORKDIR/metrics.jsonl`` (one JSON object per log step) and TensorBoard."""
+    """Writes scalars to ``WORKDIR/metrics.jsonl`` (one JSON object per log step) and TensorBoard.
 
-    def __init__(self, workdir: str, *, resume_step: int | None = None):
+    ``enabled=False`` (every process but the first of a multi-process job) writes nothing.
+    """
+
+    def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         os.makedirs(workdir, exist_ok=True)
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         if resume_step is None:
@@ -82,29 +89,38 @@ class MetricWriter:
         os.replace(tmp, self.jsonl_path)
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps({"step": int(step), **scalars}) + "\n")
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, int(step))
 
     def write_text(self, name: str, text: str) -> None:
+        if not self.enabled:
+            return
         self._tb.add_text(name, text)
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
         """images: name -> float [H, W, 3] in [0, 1]."""
+        if not self.enabled:
+            return
         for name, image in images.items():
             self._tb.add_image(name, np.asarray(image), int(step), dataformats="HWC")
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._tb.close()
 
 
 class Progress:
     """A terminal progress bar: step, epoch, img/s, loss, ETA."""
 
-    def __init__(self, *, total_steps: int, initial_step: int, images_per_step: int):
+    def __init__(self, *, total_steps: int, initial_step: int, images_per_step: int,
+                 enabled: bool = True):
         self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
-                              dynamic_ncols=True, file=sys.stderr,
+                              dynamic_ncols=True, file=sys.stderr, disable=not enabled,
                               mininterval=1.0 if sys.stderr.isatty() else 30.0)
         self._images_per_step = images_per_step
         self._time = time.perf_counter()

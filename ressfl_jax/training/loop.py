@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ressfl_jax import checkpoints, metrics
+from ressfl_jax import checkpoints, metrics, sharding
 from ressfl_jax.data import partition
 from ressfl_jax.state import SFLState, sync_clients
 from ressfl_jax.training import sfl
@@ -39,6 +39,7 @@ class LoopSettings:
     eval_batch_size: int = 500
     keep_checkpoints: int = 2
     sync_decoders: bool = False
+    devices: int = 1  # Devices the client slots are sharded over (-1: all; see sharding.py).
     keep_epochs: tuple[int, ...] = ()  # Also saved and never deleted (the reference's
     #                                    --save_more_checkpoints: 1, 2, 5, 10, 20, 50, 100).
 
@@ -48,15 +49,19 @@ def device_data(images: np.ndarray, labels: np.ndarray):
     return {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
 
 
-def make_indexed_step(train_step: Callable):
+def make_indexed_step(train_step: Callable, state_shardings=None):
     """Jits ``train_step`` behind an index gather: (state, data, indices [K,B], train_key).
 
     The round key is ``fold_in(train_key, state.step)``, derived on device (no host sync).
+    ``state_shardings`` (multi-device runs) pins the new state's layout to the input's.
     """
 
     def indexed(state, data, indices, train_key):
         batch = {"image": data["image"][indices], "label": data["label"][indices]}
-        return train_step(state, batch, jax.random.fold_in(train_key, state.step))
+        state, step_metrics = train_step(state, batch, jax.random.fold_in(train_key, state.step))
+        if state_shardings is not None:
+            state = jax.lax.with_sharding_constraint(state, state_shardings)
+        return state, step_metrics
 
     return jax.jit(indexed, donate_argnums=0)
 
@@ -119,6 +124,22 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
     kept for good: the epoch-0 model that the reference's Fig. 5 attacks (and never saves), and
     the reason a resumed run never repeats ``prepare``.
     """
+    place_indices = np.asarray  # Host [K, B] batch indices -> what the step takes.
+    state_shardings = None
+    sync = functools.partial(_sync, sync_decoders=settings.sync_decoders)
+    reshard = _identity
+    if settings.devices != 1:
+        mesh = sharding.client_mesh(settings.devices)
+        sharding.check_divisible(num_active, mesh)
+        state_shardings = sharding.state_shardings(state, mesh)
+        state = sharding.put(state, state_shardings)
+        place_indices = functools.partial(sharding.global_array,
+                                          sharding=sharding.by_client(mesh))
+        # Every program that returns the state pins its layout, so the compiled step always
+        # receives the shardings it was compiled for.
+        reshard = jax.jit(lambda s: s, out_shardings=state_shardings)
+        sync = jax.jit(functools.partial(sync_clients, sync_decoders=settings.sync_decoders),
+                       donate_argnums=0, out_shardings=state_shardings)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     last_manager = checkpoints.make_manager(os.path.join(ckpt_dir, checkpoints.LAST),
                                             max_to_keep=settings.keep_checkpoints,
@@ -132,14 +153,19 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints. Pass --resume to "
                                   f"continue that run, or choose a new --workdir.")
         state, saved = checkpoints.restore(last_manager, checkpoints.abstract(state))
+        state = reshard(state)
         progress_meta = saved["progress"]
     start_epoch = progress_meta["epoch"] + 1
-    writer = metrics.MetricWriter(workdir, resume_step=int(state.step) if start_epoch > 1 else None)
+    primary = jax.process_index() == 0  # Multi-process jobs: only process 0 writes files.
+    step = int(sharding.to_host(state.step))
+    writer = metrics.MetricWriter(workdir, resume_step=step if start_epoch > 1 else None,
+                                  enabled=primary)
     writer.write_text("config", "```\n" + json.dumps(meta, indent=2, default=str) + "\n```")
     if last_manager.latest_step() is None:
         if prepare is not None:
             start = time.perf_counter()
             state, prepare_metrics = prepare(state)
+            state = reshard(state)
             progress_meta["prepare"] = {**prepare_metrics,
                                         "seconds": time.perf_counter() - start}
             writer.write_scalars(0, {f"prepare/{k}": v for k, v in prepare_metrics.items()
@@ -150,18 +176,22 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
     evaluate = make_evaluate(model)
     data = device_data(dataset.train_images, dataset.train_labels)
     test = eval_batches(dataset.test_images, dataset.test_labels, settings.eval_batch_size)
+    if settings.devices != 1:
+        data, test = (sharding.put(t, jax.tree.map(lambda _: sharding.replicated(mesh), t))
+                      for t in (data, test))
     first_plan = _epoch_plan(settings, partitions, num_active, 1)
     steps_per_epoch = len(first_plan)
     # Compile ahead of time so that img/s excludes compilation (reported separately).
     start = time.perf_counter()
-    step_fn = make_indexed_step(train_step).lower(state, data, first_plan[0], train_key).compile()
+    step_fn = make_indexed_step(train_step, state_shardings).lower(state, data, place_indices(first_plan[0]),
+                                                  train_key).compile()
     progress_meta["compile_seconds"] = time.perf_counter() - start
     images_per_step = num_active * settings.batch_size
     progress = metrics.Progress(total_steps=settings.num_epochs * steps_per_epoch,
-                                initial_step=int(state.step), images_per_step=images_per_step)
+                                initial_step=step, images_per_step=images_per_step,
+                                enabled=primary)
     buffer = metrics.MetricBuffer()
     last_eval = {}
-    step = int(state.step)
 
     def flush(epoch):
         scalars = buffer.flush(step)
@@ -180,16 +210,17 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
             epoch_start = time.perf_counter()
             plan = _epoch_plan(settings, partitions, num_active, epoch)
             for indices in plan:
-                state, step_metrics = step_fn(state, data, indices, train_key)
+                state, step_metrics = step_fn(state, data, place_indices(indices), train_key)
                 step += 1
                 buffer.append(step, step_metrics)
                 if step % settings.log_every_steps == 0:
                     flush(epoch)
             flush(epoch)  # Checks for NaN before anything is saved.
-            state = _sync(state, settings.sync_decoders)
+            state = sync(state)
             last = epoch == settings.num_epochs
             if epoch % settings.eval_every_epochs == 0 or last:
-                last_eval = {k: float(v) for k, v in jax.device_get(evaluate(state, test)).items()}
+                last_eval = {k: float(v)
+                             for k, v in sharding.to_host(evaluate(state, test)).items()}
                 writer.write_scalars(step, {**last_eval, "epoch": epoch})
                 progress.write(f"epoch {epoch}: test accuracy {last_eval['eval/accuracy']:.4f}")
             progress_meta["epoch"] = epoch
@@ -206,7 +237,11 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
         best_manager.wait_until_finished()
         progress.close()
         writer.close()
-    return _write_summary(workdir, progress_meta, last_eval, step, meta)
+    return _write_summary(workdir, progress_meta, last_eval, step, meta, write=primary)
+
+
+def _identity(tree):
+    return tree
 
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
@@ -214,7 +249,7 @@ def _sync(state, sync_decoders):
     return sync_clients(state, sync_decoders=sync_decoders)
 
 
-def _write_summary(workdir, progress_meta, last_eval, step, meta) -> dict:
+def _write_summary(workdir, progress_meta, last_eval, step, meta, *, write: bool = True) -> dict:
     seconds = progress_meta["train_seconds"]
     summary = {
         "final_accuracy": last_eval.get("eval/accuracy"),
@@ -232,6 +267,8 @@ def _write_summary(workdir, progress_meta, last_eval, step, meta) -> dict:
     summary["last_train"] = progress_meta.get("last_train", {})
     if "prepare" in progress_meta:
         summary["prepare"] = progress_meta["prepare"]
+    if not write:
+        return summary
     tmp = os.path.join(workdir, "summary.json.tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2, default=str)
