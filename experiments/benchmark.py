@@ -170,6 +170,7 @@ def summarise(result: dict, peak: float) -> dict:
 def torch_block(names, repeats):
     """Runs the reference harness once for ``names``; returns {name: result}."""
     out = os.path.join(_OUT.value or ".", "torch_block.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     cmd = [_TORCH_PY.value, "-m", "experiments.torch_reference",
            f"--reference={_TORCH.value}", f"--configs={','.join(names)}",
            f"--repeats={repeats}", f"--threads={_THREADS.value}", f"--out={out}"]
