@@ -12,7 +12,6 @@ done), reconstruction grids ``recon/<which>_<step>.png`` (first row: targets; th
 attacker, in ``summary.json['grid_rows']`` order), TensorBoard scalars/images, ``metrics.jsonl``.
 """
 
-import functools
 import json
 import os
 
@@ -92,8 +91,7 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
         raise ValueError(f"Unknown targets {config.targets!r}; choose one of {TARGET_SOURCES}.")
     steps = attacked_steps(config)
     spec = defenses.parse_defense(config.defense_kind, config.defense_strength)
-    target_defense = None if spec.kind == "none" else functools.partial(
-        defenses.apply_defense, spec)
+    target_defense = defenses.make_smash(spec)
     first = load_client_model(config.checkpoint, which=steps[0][0], step=steps[0][1],
                               conv_impl=config.conv_impl)
     settings = settings_from(config, int(first.meta.get("num_clients", 1)))

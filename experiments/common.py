@@ -82,9 +82,9 @@ def aware_smash(config, dataset):
 def make_train_step(config, model, dataset):
     """The vanilla SFL round with the configured training-time defenses."""
     penalty, smash = training_defenses(config, dataset)
-    extra = {} if penalty is None else {"penalty": penalty}
     return sfl.make_train_step(model=model, schedule=config.run.scheme,
-                               augment=augment_mode(config, dataset), smash=smash, **extra)
+                               augment=augment_mode(config, dataset), penalty=penalty,
+                               smash=smash)
 
 
 def load_data(config):

@@ -160,7 +160,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['method']} | {r['setting']} | {r['accuracy']:.4f} | "
                      f"{r['attack_mse']:.4f} ({r['attack_mse_decoder']}) | "
                      f"{r['attack_ssim']:.3f} | {r['attack_psnr']:.2f} | "
-                     f"{'-' if flops is None else format(flops, '.0f')} |")
+                     f"{pipeline.fmt(flops, '.0f')} |")
     return "\n".join(lines)
 
 

@@ -93,7 +93,8 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
     return result
 
 
-def _fmt(value, spec: str) -> str:
+def fmt(value, spec: str) -> str:
+    """A table cell: ``format(value, spec)``, or '-' for None."""
     return "-" if value is None else format(value, spec)
 
 
@@ -106,8 +107,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['task']} | {r['accuracy']:.4f} | {r['attack_mse']:.4f} "
             f"({r['attack_mse_decoder']}) | {r['attack_ssim']:.3f} | {r['attack_psnr']:.2f} | "
-            f"{_fmt(r['optimization_mse'], '.4f')} | {_fmt(r['client_mflops_per_image'], '.0f')}"
-            f" | {_fmt(r['client_overhead'], '+.0%')} | {_fmt(r['images_per_sec'], '.0f')} |")
+            f"{fmt(r['optimization_mse'], '.4f')} | {fmt(r['client_mflops_per_image'], '.0f')}"
+            f" | {fmt(r['client_overhead'], '+.0%')} | {fmt(r['images_per_sec'], '.0f')} |")
     return "\n".join(lines)
 
 

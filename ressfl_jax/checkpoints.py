@@ -44,13 +44,18 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
                                                meta=ocp.args.JsonSave(meta)), force=True)
 
 
+def local_sharding() -> jax.sharding.Sharding:
+    """Where restored arrays go unless a target says otherwise: this process's first device
+    (so a checkpoint written by a multi-device run loads on one device)."""
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
 def abstract(tree):
     """ShapeDtypeStructs for a concrete or abstract pytree (the target of a restore).
 
-    Leaves without a sharding (e.g. from ``jax.eval_shape``) are restored onto this process's
-    first device, so a checkpoint written by a multi-device run loads on one device.
+    Leaves without a sharding (e.g. from ``jax.eval_shape``) get ``local_sharding()``.
     """
-    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    default = local_sharding()
 
     def one(x):
         struct = ocp.utils.to_shape_dtype_struct(x)

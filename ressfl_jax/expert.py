@@ -99,10 +99,9 @@ def load_extractor(path: str, *, which: str = "best", step: int | None = None,
     if step not in steps:
         raise FileNotFoundError(f"No step {step} under {directory}; saved steps: "
                                 f"{sorted(steps)}.")
-    # A checkpoint saved from several devices loads onto this process's first device.
-    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(fallback_sharding=fallback), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(fallback_sharding=checkpoints.local_sharding()),
+        meta=ocp.args.JsonRestore()))
     state, record = restored["state"], restored["meta"]
     num_clients = int(np.asarray(state["clients"]["step"]).shape[0])
     if not 0 <= client_index < num_clients:

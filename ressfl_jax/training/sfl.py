@@ -204,12 +204,14 @@ def check_schedule(schedule: str) -> None:
 
 
 def make_train_step(*, model: SplitModel, schedule: str, augment: str,
-                    penalty: Callable = _no_penalty, smash: Callable | None = None):
+                    penalty: Callable | None = None, smash: Callable | None = None):
     """Returns the unjitted ``(state, batch, key) -> (state, metrics)`` for ``schedule``.
 
-    ``penalty`` / ``smash``: optional training-time defenses (see ``parallel_round``).
+    ``penalty`` / ``smash``: optional training-time defenses (see ``parallel_round``); None
+    means none.
     """
     check_schedule(schedule)
+    penalty = _no_penalty if penalty is None else penalty
     step = parallel_step if schedule == "parallel" else sequential_step
     return functools.partial(step, model=model, augment=augment, penalty=penalty, smash=smash)
 
