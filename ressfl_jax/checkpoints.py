@@ -31,9 +31,14 @@ def make_manager(directory, *, max_to_keep: int | None,
             ocp.checkpoint_managers.LatestN(max_to_keep),
             ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
         max_to_keep = None
+    # Multi-process jobs save synchronously: orbax's async commit thread runs its own
+    # cross-process barriers, and a 2-process CPU run was seen to hang in one of them (process
+    # 0 waiting in the async barrier for last/1 while process 1 had finished). One process keeps
+    # the async save (the next epoch trains while the previous checkpoint is written).
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            cleanup_tmp_directories=True,
-                                           preservation_policy=policy)
+                                           preservation_policy=policy,
+                                           enable_async_checkpointing=jax.process_count() == 1)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_names=("state", "meta"))
 

@@ -128,6 +128,7 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
     state_shardings = None
     sync = functools.partial(_sync, sync_decoders=settings.sync_decoders)
     reshard = _identity
+    place_replicated = _identity  # Train/test arrays every device reads.
     if settings.devices != 1:
         mesh = sharding.client_mesh(settings.devices)
         sharding.check_divisible(num_active, mesh)
@@ -140,6 +141,7 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
         reshard = jax.jit(lambda s: s, out_shardings=state_shardings)
         sync = jax.jit(functools.partial(sync_clients, sync_decoders=settings.sync_decoders),
                        donate_argnums=0, out_shardings=state_shardings)
+        place_replicated = functools.partial(_put_replicated, mesh=mesh)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     last_manager = checkpoints.make_manager(os.path.join(ckpt_dir, checkpoints.LAST),
                                             max_to_keep=settings.keep_checkpoints,
@@ -174,17 +176,15 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
         last_manager.wait_until_finished()
 
     evaluate = make_evaluate(model)
-    data = device_data(dataset.train_images, dataset.train_labels)
-    test = eval_batches(dataset.test_images, dataset.test_labels, settings.eval_batch_size)
-    if settings.devices != 1:
-        data, test = (sharding.put(t, jax.tree.map(lambda _: sharding.replicated(mesh), t))
-                      for t in (data, test))
+    data = place_replicated(device_data(dataset.train_images, dataset.train_labels))
+    test = place_replicated(eval_batches(dataset.test_images, dataset.test_labels,
+                                         settings.eval_batch_size))
     first_plan = _epoch_plan(settings, partitions, num_active, 1)
     steps_per_epoch = len(first_plan)
     # Compile ahead of time so that img/s excludes compilation (reported separately).
     start = time.perf_counter()
-    step_fn = make_indexed_step(train_step, state_shardings).lower(state, data, place_indices(first_plan[0]),
-                                                  train_key).compile()
+    step_fn = make_indexed_step(train_step, state_shardings).lower(
+        state, data, place_indices(first_plan[0]), train_key).compile()
     progress_meta["compile_seconds"] = time.perf_counter() - start
     images_per_step = num_active * settings.batch_size
     progress = metrics.Progress(total_steps=settings.num_epochs * steps_per_epoch,
@@ -242,6 +242,10 @@ def fit(state: SFLState, *, settings: LoopSettings, workdir: str, train_step: Ca
 
 def _identity(tree):
     return tree
+
+
+def _put_replicated(tree, mesh):
+    return sharding.put(tree, jax.tree.map(lambda _: sharding.replicated(mesh), tree))
 
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
