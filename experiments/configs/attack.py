@@ -15,6 +15,8 @@ Presets (``--config=experiments/configs/attack.py:PRESET``):
 
 import ml_collections
 
+from experiments import configs
+
 PRESETS = ("reference", "cpu", "smoke")
 
 
@@ -65,8 +67,7 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    configs.check_preset(preset, PRESETS)
     c.preset = preset
     if preset == "cpu":
         c.decoders = "conv_normN0C16,res_normN4C64"

@@ -23,13 +23,14 @@ Presets: ``cpu`` (Fashion-MNIST 5-9, short sweeps; declared below), ``smoke`` (t
 
 import ml_collections
 
+from experiments import configs
+
 PRESETS = ("cpu", "smoke", "paper_cifar100")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    configs.check_preset(preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.train_preset = "smoke" if preset == "smoke" else "cpu"   # configs/transfer.py preset.

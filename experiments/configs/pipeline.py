@@ -14,13 +14,14 @@ Presets:
 
 import ml_collections
 
+from experiments import configs
+
 PRESETS = ("cpu", "smoke")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    configs.check_preset(preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.pretrain_preset = preset       # Preset of configs/pretrain.py for the expert.

@@ -16,6 +16,7 @@ Presets (``--config=experiments/configs/pretrain.py:PRESET``):
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import train
 
 PRESETS = ("cpu", "smoke", "paper_cifar10", "paper_cifar100")
@@ -53,8 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    configs.check_preset(preset, PRESETS)
     if preset == "smoke":
         train.apply_preset(c, "smoke")
         c.data.num_clients = 2

@@ -29,6 +29,7 @@ Presets (``--config=experiments/configs/transfer.py:PRESET``):
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import pretrain, train
 
 PRESETS = ("cpu", "smoke", "paper_cifar10_to_cifar100", "paper_cifar100_to_cifar10")
@@ -55,8 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    configs.check_preset(preset, PRESETS)
     if preset == "smoke":
         train.apply_preset(c, "smoke")
         c.attacker.decoder = "conv_normN0C8"
