@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 from absl import logging
 
+from experiments import common
 from ressfl_jax import flops
 from ressfl_jax.data.jpeg import jpeg_round_trip
 from ressfl_jax.models import feature_shape
@@ -78,7 +79,8 @@ def setup(config, a, *, state, model, dataset, steps: int, augment: str, init_ke
     image_shape = tuple(dataset.train_images.shape[1:])
     feats = feature_shape(model, image_shape)
     decoder = build_decoder(a.decoder, feature_shape=feats, image_shape=image_shape,
-                            conv_impl=config.model.conv_impl)
+                            conv_impl=config.model.conv_impl,
+                            dtype=common.compute_dtype(config))
     milestones = [int(round(m / config.data.client_sample_ratio))
                   for m in config.optim.milestones]
     decoder_tx = ressfl.make_decoder_tx(

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -97,12 +98,24 @@ def augment_mode(config, dataset) -> str:
     return dataset.augment if config.data.augment == "default" else config.data.augment
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+    """``config.model.dtype`` as a jnp dtype (the models keep float32 params either way)."""
+    name = config.model.dtype
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not supported; choose one of "
+                         f"{tuple(COMPUTE_DTYPES)} (bfloat16 = mixed precision).")
+    return COMPUTE_DTYPES[name]
+
+
 def build_model(config, dataset):
     return build_split_model(config.model.arch, cut_layer=config.model.cut_layer,
                              bottleneck=config.model.bottleneck, num_classes=dataset.num_classes,
                              mean=dataset.mean, std=dataset.std,
                              width_mult=config.model.width_mult,
-                             conv_impl=config.model.conv_impl)
+                             conv_impl=config.model.conv_impl, dtype=compute_dtype(config))
 
 
 def num_users(config) -> int:

@@ -10,6 +10,8 @@ Override any key on the command line, e.g. ``--config.data.num_clients=10``.
 
 import ml_collections
 
+from experiments import configs
+
 PRESETS = ("cpu", "smoke", "paper")
 
 
@@ -24,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bottleneck = "None"      # e.g. "norelu_C8S1" (spec §2.5).
     c.model.width_mult = 1.0
     c.model.conv_impl = "auto"       # "auto": im2col for tiny 3x3 convs on CPU, XLA conv elsewhere.
+    c.model.dtype = "float32"        # Compute dtype: float32 | bfloat16 (mixed precision: bf16
+    #                                  activations, float32 params, optimiser, BN stats, losses).
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "fashion_mnist"
@@ -73,8 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
     """Applies the vanilla-SFL preset ``preset`` to a base config."""
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {PRESETS}.")
+    configs.check_preset(preset, PRESETS)
     c.preset = preset
     if preset == "cpu":
         c.data.dataset = "fashion_mnist"
