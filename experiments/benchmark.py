@@ -35,6 +35,7 @@ import optax
 from absl import app, flags
 
 from ressfl_jax import optim
+from ressfl_jax.flops import compiled_flops
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.state import TrainState, create_sfl_state
@@ -49,6 +50,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 6, "Timed calls per setting (after on
 _BLOCKS = flags.DEFINE_integer("blocks", 2, "Alternating ours/theirs blocks (torch mode).")
 _CONV = flags.DEFINE_string("conv_impl", "auto", "Conv implementation.")
 _WIDTH = flags.DEFINE_float("width_mult", 1.0, "Channel width multiplier (tests: 1/16).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Compute dtype of models and decoders (bfloat16: mixed precision, "
+                           "float32 params).")
 _TORCH = flags.DEFINE_string("torch_reference", "", "Checkout of zlijingtao/ResSFL.")
 _TORCH_PY = flags.DEFINE_string("torch_python", ".venv-torch/bin/python", "Torch interpreter.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads.")
@@ -61,9 +65,9 @@ TORCH_NAMES = {("vanilla", 1): "vanilla_k1", ("vanilla", 10): "vanilla_k10",
                ("attack_conv_normN0C16", 1): "attack_conv_normN0C16"}
 
 
-def matmul_peak() -> float:
-    """Measured f32 GFLOP/s of a 2048^2 matmul on the default device."""
-    a = jnp.ones((2048, 2048), jnp.float32)
+def matmul_peak(dtype="float32") -> float:
+    """Measured GFLOP/s of a 2048^2 ``dtype`` matmul on the default device."""
+    a = jnp.ones((2048, 2048), jnp.dtype(dtype))
     f = jax.jit(lambda a: a @ a)
     jax.block_until_ready(f(a))
     times = []
@@ -77,7 +81,8 @@ def matmul_peak() -> float:
 def _model():
     return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
                              mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.243, 0.261),
-                             width_mult=_WIDTH.value, conv_impl=_CONV.value)
+                             width_mult=_WIDTH.value, conv_impl=_CONV.value,
+                             dtype=jnp.dtype(_DTYPE.value))
 
 
 def _batch(k, b, seed=0):
@@ -87,13 +92,17 @@ def _batch(k, b, seed=0):
 
 
 def build(step: str, k: int, scheme: str):
-    """(call, args, samples per call) for one setting; ``call(*args)`` returns new args[0]."""
+    """(call, args, samples per call, FLOPs per call or None) for one setting.
+
+    ``call(*args)`` returns the new args[0]. FLOPs are None where XLA's count of the compiled
+    ``call`` is the whole call (no loops).
+    """
     model, b = _model(), _BATCH.value
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
     if step.startswith("attack_"):
         feats = feature_shape(model)
         decoder = build_decoder(step[len("attack_"):], feature_shape=feats, init="torch",
-                                conv_impl=_CONV.value)
+                                conv_impl=_CONV.value, dtype=jnp.dtype(_DTYPE.value))
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.normal(size=(10, 32) + feats), jnp.float32)
         y = jnp.asarray(rng.uniform(size=(10, 32, 32, 32, 3)), jnp.float32)
@@ -105,18 +114,21 @@ def build(step: str, k: int, scheme: str):
         def call(state, x, y):
             return jax.lax.scan(lambda s, xy: one(s, *xy), state, (x, y))[0]
 
-        return jax.jit(call, donate_argnums=0), (state, x, y), 10 * 32
+        # XLA's cost analysis counts a scan body once, so count one decoder step, times 10.
+        flops = 10 * compiled_flops(lambda s, x, y: one(s, x, y)[0], state, x[0], y[0])
+        return jax.jit(call, donate_argnums=0), (state, x, y), 10 * 32, flops
     state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=k)
     batch, key = _batch(k, b), jax.random.key(1)
     if step == "vanilla":
         fn = sfl.make_train_step(model=model, schedule=scheme, augment="none")
         return (jax.jit(lambda s, bt, key: fn(s, bt, key)[0], donate_argnums=0),
-                (state, batch, key), k * b)
+                (state, batch, key), k * b, None)
     decoder_type, interval, rounds = (("res_normN4C64", 1, 1) if step == "expert"
                                       else ("conv_normN0C16", 5, 5))
     feats = feature_shape(model)
-    decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=_CONV.value)
+    decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=_CONV.value,
+                            dtype=jnp.dtype(_DTYPE.value))
     state = state.replace(decoders=ressfl.create_decoders(
         jax.random.key(2), decoder, num_clients=k, feature_shape=feats,
         tx=optax.adam(1e-3)))
@@ -129,14 +141,14 @@ def build(step: str, k: int, scheme: str):
             state, _ = fn(state, batch, jax.random.fold_in(key, r))
         return state
 
-    return jax.jit(call, donate_argnums=0), (state, batch, key), rounds * k * b
+    return jax.jit(call, donate_argnums=0), (state, batch, key), rounds * k * b, None
 
 
 def measure(settings, peak):
     """Compiles every setting, then times them round-robin; returns result dicts."""
     prepared = []
     for step, k, scheme in settings:
-        fn, args, samples = build(step, k, scheme)
+        fn, args, samples, flops = build(step, k, scheme)
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
@@ -148,7 +160,8 @@ def measure(settings, peak):
         args = (jax.block_until_ready(compiled(*args)),) + args[1:]  # warm-up
         prepared.append(dict(step=step, num_clients=k, scheme=scheme, compiled=compiled,
                              args=args, samples=samples, compile_s=compile_s,
-                             flops=float(cost.get("flops", 0.0)), memory_bytes=peak_bytes,
+                             flops=float(cost.get("flops", 0.0)) if flops is None else flops,
+                             memory_bytes=peak_bytes,
                              times=[]))
     for _ in range(_REPEATS.value):
         for p in prepared:
@@ -187,7 +200,7 @@ def main(argv):
               else [2] if step == "lite" else [1])
         schemes = _SCHEMES.value if not step.startswith("attack_") else ["parallel"]
         settings += [(step, k, s) for k in ks for s in schemes]
-    peak = matmul_peak()
+    peak = matmul_peak(_DTYPE.value)
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {jax.device_count()} dev)"
     blocks = _BLOCKS.value if _TORCH.value else 1
     ours, theirs = [], {}
@@ -208,19 +221,21 @@ def main(argv):
             batch = 32 if r["step"].startswith("attack_") else _BATCH.value
             r["torch_name"], r["torch_images_per_sec"] = torch_name, batch / per_step
             r["ratio_vs_torch"] = r["images_per_sec"] / r["torch_images_per_sec"]
-    table = _markdown(results, device, peak)
+    table = _markdown(results, device, peak, _DTYPE.value)
     print(table)
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
         with open(os.path.join(_OUT.value, "benchmark.json"), "w") as f:
-            json.dump({"device": device, "matmul_peak_gflops": peak, "argv": sys.argv,
+            json.dump({"device": device, "dtype": _DTYPE.value,
+                       "matmul_peak_gflops": peak, "argv": sys.argv,
                        "results": results}, f, indent=2)
         with open(os.path.join(_OUT.value, "benchmark.md"), "w") as f:
             f.write(table + "\n")
 
 
-def _markdown(results, device, peak) -> str:
-    lines = [f"device: {device}; measured f32 matmul peak {peak:.0f} GFLOP/s",
+def _markdown(results, device, peak, dtype="float32") -> str:
+    lines = [f"device: {device}; compute dtype {dtype}; measured {dtype} matmul peak "
+             f"{peak:.0f} GFLOP/s",
              "", "| step | K | scheme | compile s | median s | min-max s | img/s | GFLOP/s | "
              "% peak | memory MB | torch img/s | ours/torch |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -13,6 +13,11 @@ def test_benchmark_writes_every_setting(tmp_path):
                  f"--out={tmp_path}"])
     try:
         benchmark.main([])
+        # The attack call scans 10 decoder steps; XLA's cost analysis counts a scan body once,
+        # so the reported FLOPs must be ~10x what it says for the whole call.
+        fn, args, _, flops = benchmark.build("attack_conv_normN0C16", 1, "parallel")
+        xla_count = benchmark.compiled_flops(fn, *args)
+        assert 9 * xla_count < flops < 11 * xla_count
     finally:
         flags.FLAGS.unparse_flags()
     with open(tmp_path / "benchmark.json") as f:
