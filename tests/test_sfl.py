@@ -69,7 +69,7 @@ def test_parallel_step_equals_loop_over_clients(model):
         ce = losses.cross_entropy(logits, batch["label"].reshape(-1)).reshape(K, B)
         return jnp.mean(ce), (stats, server_stats)
 
-    (cg, sg), (stats, server_stats) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+    (cg, sg), (stats, server_stats) = jax.jit(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))(
         [c.params for c in clients], state.server.params)
     want_clients = [clients[i].apply_gradients(grads=jax.tree.map(lambda g: g * K, cg[i]),
                                                batch_stats=stats[i]) for i in range(K)]
@@ -107,8 +107,8 @@ def test_sequential_step_equals_loop_over_clients(model):
                                           jax.random.fold_in(server_key, i), train=True)
             return jnp.mean(losses.cross_entropy(logits, batch["label"][i])), (cs, ss)
 
-        (cg, sg), (cs, ss) = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(client.params,
-                                                                               server.params)
+        (cg, sg), (cs, ss) = jax.jit(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))(
+            client.params, server.params)
         server = server.apply_gradients(grads=sg, batch_stats=ss)
         want = client.apply_gradients(grads=cg, batch_stats=cs)
         chex.assert_trees_all_close(federated.unstack(new_state.clients, i).params,

@@ -16,8 +16,9 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "sharded_run.py")
 
 
 def _run(args, devices_per_process: int, **popen):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count="
-                                      f"{devices_per_process}", JAX_PLATFORMS="cpu")
+    flags = (os.environ.get("XLA_FLAGS", "")  # conftest's compile flags, plus the devices.
+             + f" --xla_force_host_platform_device_count={devices_per_process}").strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)
