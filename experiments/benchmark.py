@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from experiments import common
 from ressfl_jax import optim
 from ressfl_jax.flops import compiled_flops
 from ressfl_jax.models import build_split_model, feature_shape
@@ -50,7 +51,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 6, "Timed calls per setting (after on
 _BLOCKS = flags.DEFINE_integer("blocks", 2, "Alternating ours/theirs blocks (torch mode).")
 _CONV = flags.DEFINE_string("conv_impl", "auto", "Conv implementation.")
 _WIDTH = flags.DEFINE_float("width_mult", 1.0, "Channel width multiplier (tests: 1/16).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+_DTYPE = flags.DEFINE_enum("dtype", "float32", list(common.COMPUTE_DTYPES),
                            "Compute dtype of models and decoders (bfloat16: mixed precision, "
                            "float32 params).")
 _TORCH = flags.DEFINE_string("torch_reference", "", "Checkout of zlijingtao/ResSFL.")
@@ -78,11 +79,15 @@ def matmul_peak(dtype="float32") -> float:
     return 2 * 2048 ** 3 / min(times) / 1e9
 
 
+def _dtype():
+    return common.COMPUTE_DTYPES[_DTYPE.value]
+
+
 def _model():
     return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
                              mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.243, 0.261),
                              width_mult=_WIDTH.value, conv_impl=_CONV.value,
-                             dtype=jnp.dtype(_DTYPE.value))
+                             dtype=_dtype())
 
 
 def _batch(k, b, seed=0):
@@ -102,7 +107,7 @@ def build(step: str, k: int, scheme: str):
     if step.startswith("attack_"):
         feats = feature_shape(model)
         decoder = build_decoder(step[len("attack_"):], feature_shape=feats, init="torch",
-                                conv_impl=_CONV.value, dtype=jnp.dtype(_DTYPE.value))
+                                conv_impl=_CONV.value, dtype=_dtype())
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.normal(size=(10, 32) + feats), jnp.float32)
         y = jnp.asarray(rng.uniform(size=(10, 32, 32, 32, 3)), jnp.float32)
@@ -128,7 +133,7 @@ def build(step: str, k: int, scheme: str):
                                       else ("conv_normN0C16", 5, 5))
     feats = feature_shape(model)
     decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=_CONV.value,
-                            dtype=jnp.dtype(_DTYPE.value))
+                            dtype=_dtype())
     state = state.replace(decoders=ressfl.create_decoders(
         jax.random.key(2), decoder, num_clients=k, feature_shape=feats,
         tx=optax.adam(1e-3)))

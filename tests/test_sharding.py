@@ -16,7 +16,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "sharded_run.py")
 
 
 def _run(args, devices_per_process: int, **popen):
-    flags = (os.environ.get("XLA_FLAGS", "")  # conftest's compile flags, plus the devices.
+    flags = (os.environ.get("XLA_FLAGS", "")  # The caller's XLA flags, plus the devices.
              + f" --xla_force_host_platform_device_count={devices_per_process}").strip()
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], env=env,
