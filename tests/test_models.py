@@ -11,7 +11,8 @@ import pytest
 from ressfl_jax.models import (ARCHS, BottleneckSpec, build_split_model, feature_shape,
                                parse_bottleneck)
 from ressfl_jax.models.bottleneck import Compress, Expand
-from ressfl_jax.models.layers import BatchNorm, Conv, he_normal_fan_out, torch_default
+from ressfl_jax.models.layers import (BatchNorm, Conv, avg_pool, he_normal_fan_out,
+                                      torch_default)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 W = 1 / 16
@@ -179,6 +180,35 @@ def test_im2col_matches_xla(side):
     g_xla = jax.grad(lambda p, x: loss(xla, p, x), argnums=(0, 1))(params, x)
     g_im2col = jax.grad(lambda p, x: loss(im2col, p, x), argnums=(0, 1))(params, x)
     chex.assert_trees_all_close(g_im2col, g_xla, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,bottleneck", [("vgg11_bn", "norelu_C8S1"),
+                                               ("resnet20", "C4S2")])
+def test_whole_split_model_im2col_matches_xla(arch, bottleneck):
+    # The smoke presets (end-to-end tests) use XLA's conv; CPU users get im2col ("auto"). The
+    # two must train the same model: train-mode logits, BN statistics and every gradient.
+    x = images(4)
+    labels = jnp.arange(4) % 10
+    xla, im2col = build(arch, 4, bottleneck, conv_impl="xla"), build(arch, 4, bottleneck,
+                                                                      conv_impl="im2col")
+    client_vars, server_vars, _ = init_vars(xla, x)
+
+    def loss(model, client_params, server_params):
+        features, client_upd = model.client.apply(
+            {**client_vars, "params": client_params}, x, train=True, mutable=["batch_stats"])
+        logits, server_upd = model.server.apply(
+            {**server_vars, "params": server_params}, features, train=True,
+            mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+        ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+        return ce, (logits, client_upd, server_upd)
+
+    def run(model):
+        return jax.jit(jax.grad(lambda c, s: loss(model, c, s), argnums=(0, 1), has_aux=True))(
+            client_vars["params"], server_vars["params"])
+
+    (grads_xla, aux_xla), (grads_im2col, aux_im2col) = run(xla), run(im2col)
+    chex.assert_trees_all_close(aux_im2col, aux_xla, atol=1e-4, rtol=1e-4)
+    chex.assert_trees_all_close(grads_im2col, grads_xla, atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("kernel,padding", [(1, 0), (5, 2), (3, "SAME"), (3, "VALID")])
@@ -364,3 +394,15 @@ def test_modules_can_be_initialised_directly():
     z = jax.ShapeDtypeStruct((1, 4, 4, 2), jnp.float32)
     params = jax.eval_shape(lambda z: Expand(spec, out_channels=5).init(rng(0), z), z)["params"]
     assert params["ConvTranspose_0"]["kernel"].shape[:2] == (3, 3)
+
+
+def test_avg_pool_literal_values_and_gradient_under_jit():
+    # torch avg_pool2d(x, 2) on a 5x5 map: 2x2 means, the last row/column dropped.
+    x = jnp.arange(25, dtype=jnp.float32).reshape(1, 5, 5, 1)
+    np.testing.assert_array_equal(avg_pool(x, 2)[0, :, :, 0], [[3.0, 5.0], [13.0, 15.0]])
+    # Differentiable under jit (a traced reduce_window init once made it the generic, and
+    # non-differentiable, reduction): each kept pixel gets 1/4, dropped ones 0.
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(avg_pool(x, 2))))(x)[0, :, :, 0]
+    expected = np.zeros((5, 5), np.float32)
+    expected[:4, :4] = 0.25
+    np.testing.assert_array_equal(grad, expected)

@@ -497,11 +497,14 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 def avg_pool(x: jax.Array, window: int) -> jax.Array:
     """PyTorch ``avg_pool2d(x, window)`` on NHWC (stride = window, remainder dropped).
 
-    ``nn.avg_pool`` divides by a strong int32 and fails under strict dtype promotion.
+    A reshape and mean, like ``max_pool_2x2``: ``nn.avg_pool`` divides by a strong int32 (fails
+    under strict dtype promotion), and ``lax.reduce_window`` with a traced init value is the
+    generic reduction, which has no reverse-mode derivative (ResNet/MobileNet could not train
+    under ``jit``).
     """
-    dims = (1, window, window, 1)
-    summed = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, dims, dims, "VALID")
-    return summed / (window * window)
+    b, h, w, c = x.shape
+    x = x[:, :h - h % window, :w - w % window, :]
+    return x.reshape(b, h // window, window, w // window, window, c).mean(axis=(2, 4))
 
 
 class PooledHead(nn.Module):
