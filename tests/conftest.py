@@ -1,12 +1,23 @@
-"""Test-wide JAX settings.
+"""Test-wide JAX settings and shared fixtures.
 
 * Strict promotion catches silent broadcasting and dtype bugs.
-* A persistent compilation cache (a fresh temporary directory per session) lets the many
-  end-to-end runs that compile the same programs (resume == uninterrupted, repeated smoke runs)
-  compile each one once.
+* A persistent compilation cache lets the many end-to-end runs that compile the same programs
+  (resume == uninterrupted, repeated smoke runs) compile each one once. Under pytest-xdist the
+  workers of one run share it (a directory named by the run's ``PYTEST_XDIST_TESTRUNUID``), so a
+  program compiled by one worker is loaded, not recompiled, by the other; a serial run gets a
+  fresh temporary directory.
+* ``smoke_expert`` is made once per test run, also across xdist workers (a file lock: the first
+  worker that needs it trains it, the others wait for it and reuse it).
 """
 
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
 import tempfile
+import uuid
 
 import jax
 import pytest
@@ -14,18 +25,65 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-_CACHE = tempfile.TemporaryDirectory(prefix="ressfl_jax_test_xla_cache_")
-jax.config.update("jax_compilation_cache_dir", _CACHE.name)
+
+def _cache_dir() -> str:
+    run_uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_uid:
+        global _CACHE
+        _CACHE = tempfile.TemporaryDirectory(prefix="ressfl_jax_test_xla_cache_")
+        return _CACHE.name
+    path = os.path.join(tempfile.gettempdir(), f"ressfl_jax_test_xla_cache_{run_uid}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+jax.config.update("jax_compilation_cache_dir", _cache_dir())
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def pytest_configure(config):
+    """The xdist controller fixes the run's uid itself, so that it can find the cache later."""
+    if (hasattr(config.option, "testrunuid") and config.option.testrunuid is None
+            and not os.environ.get("PYTEST_XDIST_WORKER")):
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session):
+    """The xdist controller removes the workers' shared compilation cache at the end."""
+    run_uid = getattr(session.config.option, "testrunuid", None)
+    if run_uid and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), f"ressfl_jax_test_xla_cache_{run_uid}"),
+                      ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def smoke_expert(tmp_path_factory):
-    """WORKDIR of one smoke-preset ``experiments.pretrain`` run, shared by the tests that need
-    an expert checkpoint (transfer, attack, the public client-model API)."""
+    """WORKDIR of one smoke-preset ``experiments.pretrain`` run (2 epochs, default keys), shared
+    by the tests that need an expert checkpoint (pretrain, transfer, attack, compare, the public
+    client-model API). Tests must not write into it."""
     from experiments import pretrain
     from experiments.configs import pretrain as pretrain_config
-    workdir = str(tmp_path_factory.mktemp("smoke_expert"))
-    pretrain.run(pretrain_config.get_config("smoke"), workdir)
-    return workdir
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = str(tmp_path_factory.mktemp("smoke_expert"))
+        pretrain.run(pretrain_config.get_config("smoke"), workdir)
+        return workdir
+    # The workers' basetemps (popen-gwN) share this run's parent directory.
+    root = tmp_path_factory.getbasetemp().parent
+    workdir, done = root / "smoke_expert", root / "smoke_expert.done"
+    with _file_lock(root / "smoke_expert.lock"):
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way
+            summary = pretrain.run(pretrain_config.get_config("smoke"), str(workdir))
+            done.write_text(json.dumps({"epochs": summary["epochs"]}))
+    return str(workdir)

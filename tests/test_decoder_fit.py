@@ -26,7 +26,8 @@ def toy_pairs(n=40, seed=0):
     return jnp.asarray(features), jnp.asarray(images)
 
 
-DECODER = build_decoder("conv_normN0C8", feature_shape=FEATURES)
+# XLA's conv compiles ~25% faster than im2col here; test_models checks im2col == xla.
+DECODER = build_decoder("conv_normN0C8", feature_shape=FEATURES, conv_impl="xla")
 
 
 def test_split_indices_is_the_seeded_legacy_numpy_shuffle():
@@ -129,12 +130,13 @@ def test_jpeg_round_trip():
 
 def test_pretrain_decoders_touches_only_decoder_weights():
     model = build_split_model("vgg11_bn", cut_layer=2, bottleneck="None", num_classes=10,
-                              mean=(0.5,) * 3, std=(0.5,) * 3, width_mult=1 / 16)
+                              mean=(0.5,) * 3, std=(0.5,) * 3, width_mult=1 / 16,
+                              conv_impl="xla")
     tx = optax.sgd(0.1)
     state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=3)
     feats = feature_shape(model, (32, 32, 3))
-    decoder = build_decoder("conv_normN0C8", feature_shape=feats)
+    decoder = build_decoder("conv_normN0C8", feature_shape=feats, conv_impl="xla")
     state = state.replace(decoders=ressfl.create_decoders(
         jax.random.key(1), decoder, num_clients=3, feature_shape=feats, tx=optax.adam(1e-3)))
     images = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)

@@ -20,10 +20,12 @@ K, B = 2, 4
 
 @pytest.fixture(scope="module")
 def setup():
+    # XLA's conv compiles ~25% faster than im2col here; test_models checks im2col == xla.
     model = build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
-                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16)
+                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16,
+                              conv_impl="xla")
     shape = feature_shape(model)
-    decoder = build_decoder("conv_normN0C16", feature_shape=shape)
+    decoder = build_decoder("conv_normN0C16", feature_shape=shape, conv_impl="xla")
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
     state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=K)

@@ -24,9 +24,10 @@ def smoke(expert_dir, **overrides):
 
 
 def model(num_classes=10, cut_layer=4):
+    # XLA's conv compiles ~25% faster than im2col here; test_models checks im2col == xla.
     return build_split_model("vgg11_bn", cut_layer=cut_layer, bottleneck="norelu_C2S1",
                              num_classes=num_classes, mean=(0.5,) * 3, std=(0.5,) * 3,
-                             width_mult=1 / 16)
+                             width_mult=1 / 16, conv_impl="xla")
 
 
 def first(tree):

@@ -89,6 +89,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.run.log_every_steps = 10
     elif preset == "smoke":
         c.model.width_mult = 1 / 16
+        # XLA's conv: the tests' end-to-end runs compile ~30% faster than with im2col ("auto"),
+        # which tests/test_layers.py and test_models.py check against XLA's conv directly.
+        c.model.conv_impl = "xla"
         c.data.dataset = "synthetic"
         c.data.batch_size = 8
         c.data.eval_batch_size = 64
