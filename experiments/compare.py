@@ -1,6 +1,6 @@
 """Baseline defenses vs ResSFL, one attack for all: ``python -m experiments.compare``.
 
-  python -m experiments.compare --workdir=runs/compare_cpu   # reuses runs/pipeline_cpu's runs
+  python -m experiments.compare --workdir=runs/compare_cpu   # reuses runs/pipeline_cpu_full's runs
   python -m experiments.compare --config=experiments/configs/compare.py:paper_cifar100 \\
       --config.data_dir=/data/cifar-100-python.tar.gz --config.expert=runs/expert_cifar10
 
@@ -93,7 +93,8 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
                               expert_dir)
     rows, grids = [], {}
     for m in methods:
-        m["train"].transfer.expert = expert_dir if m["train"].transfer.mode == "lite" else ""
+        uses_expert = m["train"].transfer.mode in transfer.EXPERT_MODES
+        m["train"].transfer.expert = expert_dir if uses_expert else ""
         trained = pipeline.reuse_or_run(transfer.run, m["train"], m["dir"])
         a = attack_config.get_config(config.attack_preset)
         a.checkpoint, a.which = m["dir"], config.which

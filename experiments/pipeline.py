@@ -8,24 +8,64 @@ the defense) -> transfer to the target task (lite = ResSFL, naive, scratch, ...)
 attack every model with the same attackers on the same targets -> ``WORKDIR/report.md`` and
 ``WORKDIR/summary.json``: method, accuracy, attack MSE/SSIM/PSNR (the defender's worst case over
 the attacker decoders), the optimisation attack, client FLOPs per image and training img/s.
-Stages whose ``summary.json`` already exists are reused (delete a stage's folder to redo it).
+Stages whose ``summary.json`` already exists are reused if their saved config is the requested
+one; a stage made with another config stops the pipeline with the keys that differ (delete the
+stage's folder to redo it).
 """
 
+import copy
 import json
 import os
 
 from absl import logging
 
 from experiments import attack, common, pretrain, train, transfer
-from experiments.configs import attack as attack_config
-from experiments.configs import pretrain as pretrain_config
-from experiments.configs import transfer as transfer_config
 from experiments.configs.transfer import MODES
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _same(a, b) -> bool:
+    """Equal values; two spellings of one existing path (relative, absolute) are equal."""
+    if a == b:
+        return True
+    return (isinstance(a, str) and isinstance(b, str) and os.path.exists(a)
+            and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def check_reusable(config, workdir: str) -> None:
+    """Raises unless WORKDIR's saved ``config.json`` agrees with ``config`` on every key both
+    have (a key added to the code since the run was made is not a difference): a stage made
+    at another scale or with other settings is never silently reused."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _flatten(json.load(f))
+    wanted = _flatten(json.loads(config.to_json()))
+    differ = {k: (saved[k], wanted[k]) for k in saved.keys() & wanted.keys()
+              if not _same(saved[k], wanted[k])}
+    if differ:
+        lines = "; ".join(f"{k}: saved {a!r}, requested {b!r}"
+                          for k, (a, b) in sorted(differ.items()))
+        raise ValueError(
+            f"{workdir} holds a run made with another config ({lines}). Delete {workdir} to "
+            "rerun that stage, or pass another --workdir.")
+
+
 def reuse_or_run(run_fn, config, workdir: str) -> dict:
-    """Runs a stage unless WORKDIR/summary.json exists; resumes a stage that was interrupted."""
+    """Runs a stage unless WORKDIR/summary.json exists (then it is reused, if its config is the
+    requested one); resumes a stage that was interrupted."""
     path = os.path.join(workdir, "summary.json")
+    check_reusable(config, workdir)
     if os.path.exists(path):
         logging.warning("Reusing %s", workdir)
         with open(path) as f:
@@ -63,7 +103,7 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
     if unknown:
         raise ValueError(f"Unknown transfer modes {unknown}; choose from {MODES}.")
     expert_dir = os.path.join(workdir, "expert")
-    source = pretrain_config.get_config(config.pretrain_preset)
+    source = config.expert
     trained = {"expert (source task)": reuse_or_run(pretrain.run, source, expert_dir)}
     dirs = {"expert (source task)": expert_dir}
     if config.source_vanilla:
@@ -72,15 +112,15 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
         trained["vanilla (source task)"] = reuse_or_run(train.run, source,
                                                          dirs["vanilla (source task)"])
     for mode in modes:
-        t = transfer_config.get_config(config.transfer_preset)
+        t = copy.deepcopy(config.target)
         t.transfer.mode = mode
-        t.transfer.expert = expert_dir
+        t.transfer.expert = expert_dir if mode in transfer.EXPERT_MODES else ""
         name = "ResSFL (lite)" if mode == "lite" else mode
         dirs[name] = os.path.join(workdir, f"transfer_{mode}")
         trained[name] = reuse_or_run(transfer.run, t, dirs[name])
     rows = []
     for name, summary in trained.items():
-        a = attack_config.get_config(config.attack_preset)
+        a = copy.deepcopy(config.attack)
         a.checkpoint, a.which = dirs[name], config.which
         attacked = reuse_or_run(attack.run, a, os.path.join(dirs[name], "attack"))
         rows.append(table_row(name, task_name(summary), summary, attacked))

@@ -38,3 +38,39 @@ def test_unknown_mode_is_refused(tmp_path):
     config.modes = "lite,finetune"
     with pytest.raises(ValueError, match="finetune"):
         pipeline.run(config, str(tmp_path))
+
+
+def test_a_stage_made_with_another_config_is_refused(tmp_path):
+    config = pipeline_config.get_config("smoke")
+    other = pipeline_config.get_config("smoke").expert
+    other.run.num_epochs = 7
+    (tmp_path / "expert").mkdir()
+    (tmp_path / "expert" / "config.json").write_text(other.to_json())
+    (tmp_path / "expert" / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"run\.num_epochs: saved 7, requested 2"):
+        pipeline.run(config, str(tmp_path))
+
+
+def test_reuse_check_accepts_the_same_config_and_path_spellings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    config = pipeline_config.get_config("smoke").attack
+    config.checkpoint = "ckpt"
+    (tmp_path / "config.json").write_text(config.to_json())
+    config.checkpoint = str(tmp_path / "ckpt")          # the same folder, spelled absolute
+    pipeline.check_reusable(config, str(tmp_path))
+    config.checkpoint = str(tmp_path)                   # another folder
+    with pytest.raises(ValueError, match="checkpoint"):
+        pipeline.check_reusable(config, str(tmp_path))
+
+
+def test_cpu_preset_scales_every_stage_and_cpu_full_is_the_stage_presets():
+    from experiments.configs import attack, pretrain, transfer
+    fast, full = pipeline_config.get_config("cpu"), pipeline_config.get_config("cpu_full")
+    for stage in (fast.expert, fast.target):
+        assert stage.data.dataset_portion == 0.15 and stage.run.num_epochs == 1
+        assert stage.attacker.pretrain_epochs == 2
+    assert fast.attack.aux_max == 1000 and fast.attack.optimization.steps == 0
+    assert full.expert.to_json() == pretrain.get_config("cpu").to_json()
+    assert full.target.to_json() == transfer.get_config("cpu").to_json()
+    assert full.attack.to_json() == attack.get_config("cpu").to_json()

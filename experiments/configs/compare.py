@@ -11,8 +11,8 @@ CIFAR-100, VGG-11-bn cut 4, K=2) and are attacked by the same attackers on the s
   ``nopeek``           NoPeek weights alpha (trained: CE + alpha * dCor, no bottleneck).
   ``ressfl_alphas``    ResSFL (transfer ``lite`` from the expert) for each alpha.
 
-Training runs and their attacks live under ``runs_dir`` (cpu: runs/pipeline_cpu, shared with
-``experiments.pipeline``, whose expert, ``transfer_scratch`` (= the norelu_C8S1
+Training runs and their attacks live under ``runs_dir`` (cpu: runs/pipeline_cpu_full, shared
+with ``experiments.pipeline:cpu_full``, whose expert, ``transfer_scratch`` (= the norelu_C8S1
 bottleneck-only model) and ``transfer_lite`` runs are reused). Outputs in WORKDIR:
 ``report.md``, ``tradeoff.png``, ``reconstructions.png`` (targets, then each method's
 strongest attacker), ``summary.json``.
@@ -36,7 +36,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.train_preset = "smoke" if preset == "smoke" else "cpu"   # configs/transfer.py preset.
     c.pretrain_preset = c.train_preset                          # configs/pretrain.py preset.
     c.attack_preset = c.train_preset                            # configs/attack.py preset.
-    c.runs_dir = "runs/pipeline_cpu" if preset == "cpu" else ""  # '' = WORKDIR.
+    c.runs_dir = "runs/pipeline_cpu_full" if preset == "cpu" else ""  # '' = WORKDIR.
     c.data_dir = ""                   # Overrides data.data_dir of every training run.
     c.expert = ""                     # An existing expert WORKDIR; '' = pretrain one here.
     c.posthoc = "laplace:10,20;dropout:0.2;topk:0.5"
