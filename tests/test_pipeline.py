@@ -68,7 +68,7 @@ def test_cpu_preset_scales_every_stage_and_cpu_full_is_the_stage_presets():
     from experiments.configs import attack, pretrain, transfer
     fast, full = pipeline_config.get_config("cpu"), pipeline_config.get_config("cpu_full")
     for stage in (fast.expert, fast.target):
-        assert stage.data.dataset_portion == 0.15 and stage.run.num_epochs == 1
+        assert stage.data.dataset_portion == 0.1 and stage.run.num_epochs == 1
         assert stage.attacker.pretrain_epochs == 2
     assert fast.attack.aux_max == 1000 and fast.attack.optimization.steps == 0
     assert full.expert.to_json() == pretrain.get_config("cpu").to_json()

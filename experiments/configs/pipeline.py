@@ -12,10 +12,10 @@ overridden: ``--config.expert.run.num_epochs=4 --config.attack.epochs=50``. A st
 Presets:
   ``cpu``      (default) the README's main job, <= 20 minutes on a 2-core machine: Fashion-MNIST
                classes 0-4 for the expert, classes 5-9 for the target task, VGG-11-bn cut 4 +
-               norelu_C8S1, K=2; every stage cut to 15% of its training split (4.5k images) and
-               one epoch, phase 0 to 2 epochs, the attack to 1,000 auxiliary images and no
-               optimisation attack. It shows the pipeline end to end; at this scale the privacy
-               numbers cannot separate the methods (README).
+               norelu_C8S1, K=2; every stage cut to 10% of its training split (3k images) and
+               one epoch, phase 0 to 2 epochs on 2,000 images, the attack to 1,000 auxiliary
+               images and no optimisation attack. It shows the pipeline end to end; at this
+               scale the privacy numbers cannot separate the methods (README).
   ``cpu_full`` the stages' own ``cpu`` presets (2 epochs, 35-50% of the splits, the optimisation
                attack): about 75 minutes on 2 cores.
   ``smoke``    tiny widths and synthetic data: for tests.
@@ -44,10 +44,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.which = "best"                 # Checkpoint attacked: best test accuracy (reference).
     if preset == "cpu":
         for stage in (c.expert, c.target):
-            stage.data.dataset_portion = 0.15
+            stage.data.dataset_portion = 0.1
             stage.run.num_epochs = 1
             stage.attacker.pretrain_epochs = 2
-            stage.attacker.pretrain_max_pairs = 3000
+            stage.attacker.pretrain_max_pairs = 2000
         c.attack.aux_max = 1000
         c.attack.optimization.steps = 0
     return c
