@@ -57,6 +57,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", list(common.COMPUTE_DTYPES),
 _TORCH = flags.DEFINE_string("torch_reference", "", "Checkout of zlijingtao/ResSFL.")
 _TORCH_PY = flags.DEFINE_string("torch_python", ".venv-torch/bin/python", "Torch interpreter.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch threads.")
+_TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"],
+                                  "Where the reference runs: cpu (.cuda() neutralised) or cuda.")
 _OUT = flags.DEFINE_string("out", "", "Output directory for benchmark.json / benchmark.md.")
 
 # Our setting -> the torch harness's configuration of the same work.
@@ -191,7 +193,8 @@ def torch_block(names, repeats):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     cmd = [_TORCH_PY.value, "-m", "experiments.torch_reference",
            f"--reference={_TORCH.value}", f"--configs={','.join(names)}",
-           f"--repeats={repeats}", f"--threads={_THREADS.value}", f"--out={out}"]
+           f"--repeats={repeats}", f"--threads={_THREADS.value}",
+           f"--device={_TORCH_DEVICE.value}", f"--out={out}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         return {r["name"]: r for r in json.load(f)}

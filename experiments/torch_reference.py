@@ -21,7 +21,10 @@ validation and logging are outside the timed region (the reference's DataLoader 
 worker processes, overlapping the step).
 
 Monkeypatches, all applied from outside (the reference's files are never edited):
-  * ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` return ``self``: the reference runs on CPU.
+  * ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` return ``self``: the reference runs on CPU
+    (``--device=cpu``, the default). With ``--device=cuda`` (a GPU machine) they are left alone:
+    the reference moves its models and each batch to the GPU itself, as in its own runs, and
+    every timed call ends with ``torch.cuda.synchronize()``.
   * ``torchvision`` (imported at module level by MIA_torch, utils and datasets_torch, needed only
     by data loading and image saving) is a stub package whose attributes raise when called.
   * ``MIA_torch.get_cifar10_trainloader`` / ``get_cifar10_testloader`` return in-memory
@@ -124,6 +127,8 @@ def parse_args(argv=None):
                         help="comma-separated subset of: " + ",".join(CONFIGS))
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after 1 warm-up")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu: .cuda() neutralised; cuda: the reference's own GPU calls")
     parser.add_argument("--out", default="", help="optional JSON output path")
     args = parser.parse_args(argv)
     args.configs = [name for name in args.configs.split(",") if name]
@@ -168,11 +173,12 @@ def _install_torchvision_stub():
             setattr(sys.modules[parent], child, sys.modules[name])
 
 
-def load_reference(path):
+def load_reference(path, device="cpu"):
     """Imports the reference from `path` with the monkeypatches of the module docstring.
 
     Args:
       path: directory holding MIA_torch.py.
+      device: 'cpu' (``.cuda()`` becomes a no-op) or 'cuda' (the reference's own GPU calls).
 
     Returns:
       The imported ``MIA_torch`` module.
@@ -182,8 +188,9 @@ def load_reference(path):
 
     os.environ.setdefault("MPLBACKEND", "Agg")  # utils.py imports pyplot
     _install_torchvision_stub()
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+        torch.nn.Module.cuda = lambda self, *args, **kwargs: self
     sys.path.insert(0, os.path.abspath(path))
     import MIA_torch
 
@@ -272,7 +279,7 @@ def make_call(mia_torch, config, save_dir):
     return call, mia
 
 
-def time_config(mia_torch, config, *, repeats, threads):
+def time_config(mia_torch, config, *, repeats, threads, device="cpu"):
     """Builds `config`, warms up once and times `repeats` calls; returns the result dict."""
     import numpy as np
     import torch
@@ -281,11 +288,14 @@ def time_config(mia_torch, config, *, repeats, threads):
     np.random.seed(SEED)
     with tempfile.TemporaryDirectory(prefix=f"torch_ref_{config.name}_") as save_dir:
         call, mia = make_call(mia_torch, config, save_dir)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         call()  # warm-up
+        sync()
         call_s, hinge = [], 0
         for _ in range(repeats):
             start = time.perf_counter()
             hinge += call()
+            sync()
             call_s.append(time.perf_counter() - start)
         mia.writer.close()
     steps = config.steps_per_call
@@ -296,7 +306,8 @@ def time_config(mia_torch, config, *, repeats, threads):
         "median_s": statistics.median(step_s), "min_s": min(step_s), "max_s": max(step_s),
         "step_s": step_s, "batch_size": config.batch_size,
         "num_clients": config.num_clients, "steps_per_call": steps,
-        "timed": describe(config), "torch_version": torch.__version__, "threads": threads}
+        "timed": describe(config), "torch_version": torch.__version__, "threads": threads,
+        "device": device}
     if config.kind == "train" and config.regularization != "None":
         result["hinge_active_fraction"] = hinge / (steps * repeats)
     return result
@@ -308,12 +319,16 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    mia_torch = load_reference(args.reference)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device=cuda: torch sees no GPU here; use --device=cpu.")
+    mia_torch = load_reference(args.reference, args.device)
     results = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
     print(f"{'config':<24}{'img/s':>10}{'median s/step':>15}{'min':>10}{'max':>10}")
     for name in args.configs:
-        r = time_config(mia_torch, CONFIGS[name], repeats=args.repeats, threads=args.threads)
+        r = time_config(mia_torch, CONFIGS[name], repeats=args.repeats, threads=args.threads,
+                        device=args.device)
         results.append(r)
         print(f"{name:<24}{r['images_per_sec']:>10.1f}{r['median_s']:>15.4f}"
               f"{r['min_s']:>10.4f}{r['max_s']:>10.4f}", flush=True)

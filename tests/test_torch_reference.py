@@ -62,6 +62,10 @@ def test_parse_args():
     assert (args.reference, args.configs, args.repeats, args.threads, args.out) == (
         "/ref", ["vanilla_k1", "lite_k2"], 2, 1, "x.json")
     assert tr.parse_args(["--reference=/ref"]).configs == list(tr.CONFIGS)
+    assert tr.parse_args(["--reference=/ref"]).device == "cpu"
+    assert tr.parse_args(["--reference=/ref", "--device=cuda"]).device == "cuda"
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--reference=/ref", "--device=tpu"])
     with pytest.raises(SystemExit):
         tr.parse_args(["--reference=/ref", "--configs=vanilla_k3"])
     with pytest.raises(SystemExit):
@@ -86,4 +90,5 @@ def test_end_to_end_attack_config(tmp_path):
     (result,) = tr.main([f"--reference={reference}", "--configs=attack_conv_normN0C16",
                          "--repeats=1", "--threads=1", f"--out={out}"])
     assert result["images_per_sec"] > 0 and len(result["step_s"]) == 1
+    assert result["device"] == "cpu"
     assert out.exists()

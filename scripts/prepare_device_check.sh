@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prepares, on the development machine, what scripts/device_check.sh needs on a GPU machine of
+# the `device` tool (which has JAX, flax, optax, orbax, chex and torch, but no internet):
+#   .carry/whl/            wheels of the Python packages that machine lacks (ml_collections,
+#                          tensorboardX), for its Python 3.12;
+#   .carry/fashion-mnist/  the Fashion-MNIST IDX files (Debian's dataset-fashion-mnist);
+#   .carry/ResSFL/         a checkout of zlijingtao/ResSFL (argument 1; optional), for the
+#                          side-by-side benchmark. Never committed: .carry/ is git-ignored.
+# Then, from the session: device run(command="bash scripts/device_check.sh", carry=[".carry"]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .carry/whl .carry/fashion-mnist
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_17_x86_64 --platform any -d .carry/whl \
+  ml_collections==1.1.0 tensorboardX==2.6.5
+cp /usr/share/datasets/fashion-mnist/*.gz .carry/fashion-mnist/
+if [ -n "${1:-}" ]; then
+  rm -rf .carry/ResSFL
+  cp -r "$1" .carry/ResSFL
+  rm -rf .carry/ResSFL/.git
+fi
+du -sh .carry
