@@ -93,8 +93,7 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
                               expert_dir)
     rows, grids = [], {}
     for m in methods:
-        uses_expert = m["train"].transfer.mode in transfer.EXPERT_MODES
-        m["train"].transfer.expert = expert_dir if uses_expert else ""
+        m["train"].transfer.expert = transfer.expert_for(m["train"].transfer.mode, expert_dir)
         trained = pipeline.reuse_or_run(transfer.run, m["train"], m["dir"])
         a = attack_config.get_config(config.attack_preset)
         a.checkpoint, a.which = m["dir"], config.which

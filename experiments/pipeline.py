@@ -114,7 +114,7 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
     for mode in modes:
         t = copy.deepcopy(config.target)
         t.transfer.mode = mode
-        t.transfer.expert = expert_dir if mode in transfer.EXPERT_MODES else ""
+        t.transfer.expert = transfer.expert_for(mode, expert_dir)
         name = "ResSFL (lite)" if mode == "lite" else mode
         dirs[name] = os.path.join(workdir, f"transfer_{mode}")
         trained[name] = reuse_or_run(transfer.run, t, dirs[name])

@@ -26,6 +26,13 @@ AWARE_MODES = ("lite", "attacker_aware_from_scratch")
 NORMALIZATIONS = ("expert", "target")
 
 
+def expert_for(mode: str, expert_dir: str) -> str:
+    """``transfer.expert`` for a run in ``mode``: ``expert_dir`` for the modes that load the
+    expert, '' for the others, so that equal runs record equal configs (the pipeline and the
+    comparison reuse each other's runs only when their configs match)."""
+    return expert_dir if mode in EXPERT_MODES else ""
+
+
 def validate(config) -> None:
     common.validate(config)
     t = config.transfer

@@ -25,16 +25,15 @@ PY=${PYTHON:-python3}
 (nvidia-smi -L; $PY -c "import jax; print('jax', jax.__version__, jax.devices())") \
   2>&1 | tee "$OUT/devices.log"
 
+TORCH=""
 if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   BENCH="--steps=vanilla,attack_conv_normN0C8 --num_clients=1 --width_mult=0.0625 --repeats=2"
-  TORCH=""
   PRE="--config=experiments/configs/pretrain.py:smoke"
   ATK="--config=experiments/configs/attack.py:smoke"
   EPOCHS=2 KEEP="(1,2)" T_BENCH=300 T_EXPERT=300 T_VANILLA=200 T_ATTACK=300
 else
   BENCH="--steps=vanilla,expert,lite,attack_res_normN4C64,attack_conv_normN0C16"
   BENCH="$BENCH --num_clients=1,10,100 --repeats=6 --blocks=2"
-  TORCH=""
   if [ -f .carry/ResSFL/MIA_torch.py ]; then
     TORCH="--torch_reference=.carry/ResSFL --torch_python=$PY --torch_device=cuda"
   fi

@@ -74,3 +74,10 @@ def test_cpu_preset_scales_every_stage_and_cpu_full_is_the_stage_presets():
     assert full.expert.to_json() == pretrain.get_config("cpu").to_json()
     assert full.target.to_json() == transfer.get_config("cpu").to_json()
     assert full.attack.to_json() == attack.get_config("cpu").to_json()
+
+
+def test_only_expert_modes_record_the_expert_path():
+    from experiments import transfer
+    assert [transfer.expert_for(m, "E") for m in ("lite", "naive", "freeze")] == ["E"] * 3
+    assert transfer.expert_for("scratch", "E") == ""
+    assert transfer.expert_for("attacker_aware_from_scratch", "E") == ""
