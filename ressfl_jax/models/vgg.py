@@ -71,12 +71,15 @@ class VGGHead(nn.Module):
     """Classifier: flatten -> 2x [Dropout(0.5) -> Dense(512*w) -> ReLU] -> Dense(num_classes).
 
     PyTorch-default init (U(+-1/sqrt(fan_in)) for weights and biases). Dropout needs the
-    'dropout' rng only when ``train`` is True.
+    'dropout' rng only when ``train`` is True. ``dropout_rate`` is the reference's 0.5; the
+    step-parity check against the reference (``experiments.reference_parity``) sets 0 on both
+    sides, since random masks cannot be shared between frameworks.
     """
 
     num_classes: int
     width_mult: float = 1.0
     dtype: Any = None
+    dropout_rate: float = 0.5
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -84,7 +87,7 @@ class VGGHead(nn.Module):
         x = x.reshape(x.shape[0], -1)  # [B, H*W*C]; H = W = 1 for 32x32 inputs
         hidden = scaled(512, self.width_mult)
         for name in ("fc1", "fc2"):
-            x = nn.Dropout(0.5, deterministic=not train)(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = nn.Dense(hidden, dtype=self.dtype, name=name,
                          **inits("torch", fan_in=x.shape[-1]))(x)
             x = nn.relu(x)
