@@ -1,4 +1,4 @@
-"""Runs the ORIGINAL PyTorch ResSFL expert step on given batches and saves every weight.
+"""Runs the ORIGINAL PyTorch ResSFL attacker-aware rounds on given batches; saves every weight.
 
 The torch half of the step-parity check (``experiments.reference_parity`` is the JAX half and
 the driver). Run with the torch virtualenv (``bash scripts/setup_torch_reference.sh PATH``):
@@ -6,15 +6,19 @@ the driver). Run with the torch virtualenv (``bash scripts/setup_torch_reference
   .venv-torch/bin/python -m experiments.torch_reference_step --reference=/work/ref/ResSFL \
       --batches=batches.npz --out=torch_step.npz --alpha=0.3 --tau=0.01
 
-What it does. The reference's ``MIA`` object is built as ``main_MIA.py`` builds the expert
+What it does. The reference's ``MIA`` object is built as ``main_MIA.py`` builds it
 (``experiments.torch_reference.build_mia``: VGG-11-bn, cutlayer 4, ``norelu_C8S1``,
-``gan_adv_step1``, ``res_normN4C64`` simulated attacker, SSIM loss, CIFAR-10 normalisation), its
-initial weights are saved, and then for every batch in ``--batches`` (uint8 images
-[R, B, 32, 32, 3] and int labels [R, B]) it runs the body of ``V2_epoch`` for client 0 with
-the reference's own methods: ``gan_train_step``, ``optimizer_zero_grad``,
-``train_target_step``, ``optimizer_step``. The final weights (client, server body, classifier,
-decoder: parameters and BatchNorm running statistics) and each round's decoder loss, total loss
-and cross-entropy are saved to ``--out``.
+``gan_adv_step1``, SSIM loss, CIFAR-10 normalisation) for ``--setting``: ``expert`` (the
+pretraining step: ``res_normN4C64`` simulated attacker updated every round) or ``lite`` (the
+transfer's ResSFL clients: ``conv_normN0C16``, ``--optimize_computation 5``, client lr 0.005).
+The number of clients K is the batches' (uint8 images [R, K, B, 32, 32, 3], int labels
+[R, K, B]). Its initial weights are saved, and then for every round r and client k it runs the
+body of ``V2_epoch`` with the reference's own methods: ``gan_train_step`` (when r is a multiple
+of the interval), ``optimizer_zero_grad``, ``train_target_step``, ``optimizer_step``. The weights
+(every client copy, server body, classifier, every decoder: parameters and BatchNorm running
+statistics) at the start (``init/``), after round 1's attacker step (``mid/``, one client
+only), after round 1 (``round1/``) and at the end (``final/``), and the losses, are saved to
+``--out``.
 
 Two settings are changed from outside so that the JAX side can compute the same numbers:
   * every ``nn.Dropout`` in the classifier gets p = 0 (their random masks cannot be shared);
@@ -24,8 +28,8 @@ Two settings are changed from outside so that the JAX side can compute the same 
 ``--mid_decoder`` (teacher forcing: round 1's target step uses another run's decoder, so two
 runs' target steps can be compared alone) and ``--penalty_off`` (alpha2 = 0: the same run
 without the attacker term in the clients' loss) serve the parity check's noise floor and its
-penalty-gradient comparison. Everything else (BatchNorm modes, SSIM, the hinge, SGD momentum and coupled weight decay,
-Adam) is the reference's own code. Only torch, numpy and the standard library are imported.
+penalty-gradient comparison. Everything else (BatchNorm modes, SSIM, the hinge, SGD momentum
+and coupled weight decay, Adam, which optimizers step) is the reference's own code. Only torch, numpy and the standard library are imported.
 """
 
 import argparse
@@ -34,17 +38,23 @@ import sys
 import tempfile
 
 SEED = 123
+# setting -> (decoder, interval = --optimize_computation, client lr = --local_lr, or None for
+# the server's); the number of clients is the batches' K.
+SETTINGS = {"expert": ("res_normN4C64", 1, None), "lite": ("conv_normN0C16", 5, 0.005)}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="extracted zlijingtao/ResSFL tree")
-    parser.add_argument("--batches", required=True, help="npz with uint8 'images' [R,B,32,32,3] "
-                        "and int 'labels' [R,B]")
+    parser.add_argument("--batches", required=True, help="npz with uint8 'images' "
+                        "[R, K, B, 32, 32, 3] and int 'labels' [R, K, B] (K clients)")
+    parser.add_argument("--setting", default="expert", choices=tuple(SETTINGS),
+                        help="expert: 1 client, res_normN4C64, interval 1; lite: the transfer's "
+                             "ResSFL clients (conv_normN0C16, interval 5, client lr 0.005)")
     parser.add_argument("--out", required=True, help="output npz")
     parser.add_argument("--alpha", type=float, default=0.3, help="--regularization_strength")
     parser.add_argument("--tau", type=float, default=0.01, help="--ssim_threshold")
-    parser.add_argument("--lr", type=float, default=0.05, help="--learning_rate (= local_lr)")
+    parser.add_argument("--lr", type=float, default=0.05, help="--learning_rate (server)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--mid_decoder", default="",
                         help="npz of another run: after round 1's attacker step, load ITS "
@@ -63,10 +73,17 @@ def state_arrays(prefix, module):
 
 
 def snapshot(mia, tag):
+    """Every client copy, the server body, the classifier and every decoder under ``tag``.
+
+    Client copy / decoder k is saved as ``client`` / ``decoder`` for k = 0 and ``client{k}`` /
+    ``decoder{k}`` for k > 0.
+    """
     out = {}
-    for prefix, module in (("client", mia.model.local_list[0]), ("cloud", mia.model.cloud),
-                           ("classifier", mia.model.classifier),
-                           ("decoder", mia.local_AE_list[0])):
+    parts = [("cloud", mia.model.cloud), ("classifier", mia.model.classifier)]
+    for k, (client, decoder) in enumerate(zip(mia.model.local_list, mia.local_AE_list)):
+        suffix = str(k) if k else ""
+        parts += [(f"client{suffix}", client), (f"decoder{suffix}", decoder)]
+    for prefix, module in parts:
         out.update(state_arrays(f"{tag}/{prefix}", module))
     return out
 
@@ -98,13 +115,19 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     data = np.load(args.batches)
     images, labels = data["images"], data["labels"]
-    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[-1] != 3:
-        sys.exit(f"--batches images must be uint8 [R, B, H, W, 3], got {images.dtype} "
+    if images.dtype != np.uint8 or images.ndim != 6 or images.shape[-1] != 3:
+        sys.exit(f"--batches images must be uint8 [R, K, B, H, W, 3], got {images.dtype} "
                  f"{images.shape}")
+    num_rounds, num_clients = images.shape[:2]
+    decoder, interval, local_lr = SETTINGS[args.setting]
+    local_lr = args.lr if local_lr is None else local_lr
+    if args.mid_decoder and num_clients != 1:
+        sys.exit("--mid_decoder needs one client (the expert setting).")
     mia_torch = tr.load_reference(args.reference, device="cpu")
-    config = tr.Config("parity", batch_size=int(images.shape[1]),
+    config = tr.Config("parity", num_clients=int(num_clients), batch_size=int(images.shape[2]),
                        regularization="gan_adv_step1", strength=args.alpha,
-                       ssim_threshold=args.tau, decoder="res_normN4C64", lr=args.lr)
+                       ssim_threshold=args.tau, decoder=decoder, interval=interval, lr=args.lr,
+                       local_lr=local_lr)
     torch.manual_seed(SEED)
     np.random.seed(SEED)
     mean = torch.tensor(tr.CIFAR10_MEAN).view(1, 3, 1, 1)
@@ -114,38 +137,45 @@ def main(argv=None):
         for module in mia.model.classifier.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        for optimizer in [mia.optimizer] + list(mia.local_optimizer_list):
+        for optimizer, lr in [(mia.optimizer, args.lr)] + [
+                (o, local_lr) for o in mia.local_optimizer_list]:
             for group in optimizer.param_groups:
-                group["lr"] = args.lr
+                group["lr"] = lr
         if args.penalty_off:
             mia.alpha2 = 0.0  # train_target_step's gan_loss = alpha2 * (ssim - tau)
         out = snapshot(mia, "init")
         decoder_loss, total, ce = [], [], []
-        for r in range(images.shape[0]):
-            x = torch.from_numpy(images[r]).permute(0, 3, 1, 2).float() / 255.0
-            x = (x - mean) / std  # what the reference's loader yields (ToTensor + Normalize)
-            y = torch.from_numpy(labels[r].astype(np.int64))
-            for _ in range(mia.gan_num_step):  # interval 1: every round
-                decoder_loss.append(float(mia.gan_train_step(x, 0, loss_type=mia.gan_loss_type)))
-            if r == 0:
-                out.update(snapshot(mia, "mid"))  # round 1 after the attacker's step
-                if args.mid_decoder:
-                    load_decoder(mia, args.mid_decoder)
-            mia.optimizer_zero_grad()
-            total_loss, ce_loss = mia.train_target_step(x, y, 0)
-            mia.optimizer_step()
+        for r in range(num_rounds):  # r is V2_epoch's batch index b
+            for k in range(num_clients):
+                x = torch.from_numpy(images[r, k]).permute(0, 3, 1, 2).float() / 255.0
+                x = (x - mean) / std  # what the reference's loader yields (ToTensor + Normalize)
+                y = torch.from_numpy(labels[r, k].astype(np.int64))
+                if r % mia.optimize_computation == 0:
+                    for _ in range(mia.gan_num_step):
+                        decoder_loss.append(float(mia.gan_train_step(
+                            x, k, loss_type=mia.gan_loss_type)))
+                if r == 0 and num_clients == 1:
+                    out.update(snapshot(mia, "mid"))  # round 1 after the attacker's step
+                    if args.mid_decoder:
+                        load_decoder(mia, args.mid_decoder)
+                mia.optimizer_zero_grad()
+                total_loss, ce_loss = mia.train_target_step(x, y, k)
+                mia.optimizer_step()
+                total.append(float(total_loss))
+                ce.append(float(ce_loss))
             if r == 0:
                 out.update(snapshot(mia, "round1"))
-            total.append(float(total_loss))
-            ce.append(float(ce_loss))
         out.update(snapshot(mia, "final"))
         mia.writer.close()
-    out.update({"decoder_loss": np.array(decoder_loss), "total_loss": np.array(total),
-                "ce_loss": np.array(ce), "alpha": np.float64(args.alpha),
-                "tau": np.float64(args.tau), "lr": np.float64(args.lr),
-                "torch_version": np.array(torch.__version__)})
+    out.update({"decoder_loss": np.array(decoder_loss),
+                "total_loss": np.array(total).reshape(num_rounds, num_clients),
+                "ce_loss": np.array(ce).reshape(num_rounds, num_clients),
+                "alpha": np.float64(args.alpha), "tau": np.float64(args.tau),
+                "lr": np.float64(args.lr), "local_lr": np.float64(local_lr),
+                "setting": np.array(args.setting), "torch_version": np.array(torch.__version__)})
     np.savez(args.out, **out)
-    print(f"rounds {images.shape[0]}: decoder loss {decoder_loss}, total {total}, ce {ce}")
+    print(f"rounds {num_rounds} x clients {num_clients}: decoder loss {decoder_loss}, "
+          f"total {total}, ce {ce}")
 
 
 if __name__ == "__main__":

@@ -45,11 +45,29 @@ def test_every_reference_entry_maps_onto_our_tree():
     shapes = json.loads(SHAPES.read_text())
     fake = {f"init/{key}": np.zeros(shape, np.float32) for key, shape in shapes.items()}
     ours = _our_shapes()
-    for part, table in rp.TABLES:
-        converted = rp.to_flax(fake, "init", part, table)
+    for part in rp.part_names(1):
+        converted = rp.to_flax(fake, "init", part, rp.table(part, "res_normN4C64"))
         rp._check_same_structure(ours[part], converted, part)  # raises on any mismatch
     # The reference's 152 entries (num_batches_tracked excluded) are all used.
     assert len(shapes) == 152
+
+
+def test_lite_decoder_map_and_slot_names():
+    assert rp.part_names(2) == ["client", "client1", "server", "decoder", "decoder1"]
+    decoder = build_decoder("conv_normN0C16", feature_shape=(8, 8, 8))
+    ours = jax.eval_shape(lambda: decoder.init({"params": jax.random.key(0)},
+                                               jnp.zeros((1, 8, 8, 8)), train=False))
+    # The reference's conv_normN_AE(N=0, internal_nc=16): conv, BN, ReLU, convT, BN, ReLU,
+    # convT, BN, ReLU, conv, BN, sigmoid (state_dict layout as the reference saves it).
+    shapes = {"m.0.weight": (16, 8, 3, 3), "m.0.bias": (16,), "m.3.weight": (16, 16, 3, 3),
+              "m.3.bias": (16,), "m.6.weight": (16, 16, 3, 3), "m.6.bias": (16,),
+              "m.9.weight": (3, 16, 3, 3), "m.9.bias": (3,)}
+    for index, width in ((1, 16), (4, 16), (7, 16), (10, 3)):
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"m.{index}.{leaf}"] = (width,)
+    fake = {f"init/decoder1/{key}": np.zeros(shape, np.float32) for key, shape in shapes.items()}
+    converted = rp.to_flax(fake, "init", "decoder1", rp.table("decoder1", "conv_normN0C16"))
+    rp._check_same_structure(dict(ours), converted, "decoder1")
 
 
 def test_unmapped_entry_is_refused():
@@ -123,7 +141,8 @@ def test_bad_arguments_are_refused_early(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_end_to_end_parity_with_the_reference(tmp_path):
+@pytest.mark.parametrize("setting", ["expert", "lite"])
+def test_end_to_end_parity_with_the_reference(tmp_path, setting):
     reference = os.environ.get("RESSFL_REFERENCE", "")
     torch_python = os.environ.get("RESSFL_TORCH_PYTHON", "")
     if not (os.path.isfile(os.path.join(reference, "MIA_torch.py"))
@@ -132,10 +151,12 @@ def test_end_to_end_parity_with_the_reference(tmp_path):
                     "RESSFL_TORCH_PYTHON (the torch virtualenv's python)")
     with pytest.raises(SystemExit) as exit_info:
         rp.main([f"--reference={reference}", f"--torch_python={torch_python}",
-                 f"--workdir={tmp_path}", "--rounds=2", "--batch_size=32"])
+                 f"--workdir={tmp_path}", "--rounds=2", "--batch_size=32",
+                 f"--setting={setting}"])
     report = json.loads((tmp_path / "parity.json").read_text())
     assert exit_info.value.code == 0, report["checks"]
     assert report["hinge_active_rounds"] == 2
+    assert report["num_clients"] == (1 if setting == "expert" else 2)
 
 
 def test_torch_half_imports_only_the_standard_library_at_top_level():
