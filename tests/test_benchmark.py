@@ -10,7 +10,8 @@ from experiments import benchmark
 def test_benchmark_writes_every_setting(tmp_path):
     flags.FLAGS(["benchmark", "--steps=vanilla,lite,attack_conv_normN0C16",
                  "--num_clients=1,2", "--width_mult=0.0625", "--batch_size=4", "--repeats=1",
-                 f"--out={tmp_path}"])
+                 # XLA's conv compiles faster than im2col; test_models checks im2col == xla.
+                 "--conv_impl=xla", f"--out={tmp_path}"])
     try:
         benchmark.main([])
         # The attack call scans 10 decoder steps; XLA's cost analysis counts a scan body once,

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from ressfl_jax import losses
+from ressfl_jax import losses, optim
 from ressfl_jax.data.jpeg import jpeg_round_trip
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
@@ -40,12 +40,18 @@ def test_split_indices_is_the_seeded_legacy_numpy_shuffle():
     assert sorted(np.concatenate([train, val]).tolist()) == list(range(1000))
 
 
+def fit_settings(selection):
+    """The settings of every fit of ``toy_pairs()`` below: one compiled program per selection
+    (``decoder_fit._fit_program`` caches it by decoder, settings and sizes)."""
+    return decoder_fit.FitSettings(epochs=6, batch_size=8, lr=3e-3, val_fraction=0.1,
+                                   selection=selection)
+
+
 @pytest.mark.parametrize("selection", decoder_fit.SELECTIONS)
 def test_fit_learns_and_selects(selection):
     features, images = toy_pairs()
     # 36 train pairs at batch 8 = 4 full batches + a partial one of 4; 4 val pairs = 1 partial.
-    settings = decoder_fit.FitSettings(epochs=6, batch_size=8, lr=3e-3, val_fraction=0.1,
-                                       selection=selection)
+    settings = fit_settings(selection)
     variables, info = decoder_fit.fit_decoder(jax.random.key(0), DECODER, features, images,
                                               settings)
     assert info["num_train"] == 36 and info["num_val"] == 4
@@ -64,7 +70,7 @@ def test_fit_learns_and_selects(selection):
 
 def test_val_mean_selection_returns_the_weights_it_scored():
     features, images = toy_pairs()
-    settings = decoder_fit.FitSettings(epochs=3, batch_size=8, selection="val_mean")
+    settings = fit_settings("val_mean")
     variables, info = decoder_fit.fit_decoder(jax.random.key(0), DECODER, features, images,
                                               settings)
     _, val = decoder_fit.split_indices(len(images), 0.1, 123)
@@ -75,7 +81,7 @@ def test_val_mean_selection_returns_the_weights_it_scored():
 
 def test_fit_is_deterministic_given_the_key():
     features, images = toy_pairs()
-    settings = decoder_fit.FitSettings(epochs=2, batch_size=8)
+    settings = fit_settings(decoder_fit.FitSettings().selection)
     a, _ = decoder_fit.fit_decoder(jax.random.key(3), DECODER, features, images, settings)
     b, _ = decoder_fit.fit_decoder(jax.random.key(3), DECODER, features, images, settings)
     chex.assert_trees_all_equal(a, b)
@@ -129,16 +135,20 @@ def test_jpeg_round_trip():
 
 
 def test_pretrain_decoders_touches_only_decoder_weights():
-    model = build_split_model("vgg11_bn", cut_layer=2, bottleneck="None", num_classes=10,
+    # The model, optimizer and slot count of test_sfl.py and test_ressfl.py: a test run
+    # compiles this init program once for the three files (persistent compilation cache).
+    # Init keys are "rbg" keys: a threefry init compiles ~4x slower on XLA-CPU.
+    model = build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
                               mean=(0.5,) * 3, std=(0.5,) * 3, width_mult=1 / 16,
                               conv_impl="xla")
-    tx = optax.sgd(0.1)
-    state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
+    tx = optim.make_sgd(0.1, momentum=0.9, weight_decay=5e-4)
+    state = create_sfl_state(jax.random.key(0, impl="rbg"), model, client_tx=tx, server_tx=tx,
                              num_clients=3)
     feats = feature_shape(model, (32, 32, 3))
     decoder = build_decoder("conv_normN0C8", feature_shape=feats, conv_impl="xla")
     state = state.replace(decoders=ressfl.create_decoders(
-        jax.random.key(1), decoder, num_clients=3, feature_shape=feats, tx=optax.adam(1e-3)))
+        jax.random.key(1, impl="rbg"), decoder, num_clients=3, feature_shape=feats,
+        tx=optax.adam(1e-3)))
     images = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
     before = jax.device_get(state)
     settings = decoder_fit.FitSettings(epochs=2, batch_size=8)

@@ -19,14 +19,20 @@ META = {"kind": "pretrain", "arch": "vgg11_bn", "cut_layer": 2, "bottleneck": "n
         "std": [0.5, 0.5, 0.5], "dataset": "synthetic"}
 
 
+# Init keys are "rbg" keys: a threefry init of even a tiny VGG compiles ~4x slower on XLA-CPU
+# (as in test_models.py); the initial weights' values are not what these tests check.
+def init_key(seed):
+    return jax.random.key(seed, impl="rbg")
+
+
 def saved_state(tmp_path, which=checkpoints.BEST, steps=(4,)):
     tx = optax.sgd(0.1, momentum=0.9)
-    state = create_sfl_state(jax.random.key(0), MODEL, client_tx=tx, server_tx=tx,
+    state = create_sfl_state(init_key(0), MODEL, client_tx=tx, server_tx=tx,
                              num_clients=2)
     feats = feature_shape(MODEL, (32, 32, 3))
     decoder = build_decoder("conv_normN0C8", feature_shape=feats)
     state = state.replace(decoders=ressfl.create_decoders(
-        jax.random.key(1), decoder, num_clients=2, feature_shape=feats, tx=optax.adam(1e-3)))
+        init_key(1), decoder, num_clients=2, feature_shape=feats, tx=optax.adam(1e-3)))
     # Make the two client copies differ so that the index is tested.
     state = state.replace(clients=state.clients.replace(
         params=jax.tree.map(lambda x: x.at[1].add(1.0), state.clients.params)))

@@ -18,17 +18,25 @@ from ressfl_jax.training import ressfl, sfl
 K, B = 2, 4
 
 
+# Init keys are "rbg" keys: a threefry init of even a tiny VGG compiles ~4x slower on XLA-CPU
+# (as in test_models.py); the initial weights' values are not what these tests check.
+def init_key(seed):
+    return jax.random.key(seed, impl="rbg")
+
+
 def build(dtype):
+    # XLA's conv compiles faster than im2col; test_layers.py checks im2col's bf16 compute and
+    # test_models.py a bf16 model with the default ("auto": im2col on CPU) convs.
     return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16,
-                             dtype=dtype)
+                             dtype=dtype, conv_impl="xla")
 
 
 def test_bf16_forward_is_close_to_f32_with_the_same_float32_params():
     f32, bf16 = build(jnp.float32), build(jnp.bfloat16)
     # One compiled init each (op-by-op init of the im2col model takes ~40 s on XLA-CPU).
-    (cp, cs), (sp, ss) = jax.jit(lambda k: init_split_variables(k, f32))(jax.random.key(0))
-    (cp16, _), (sp16, _) = jax.jit(lambda k: init_split_variables(k, bf16))(jax.random.key(0))
+    (cp, cs), (sp, ss) = jax.jit(lambda k: init_split_variables(k, f32))(init_key(0))
+    (cp16, _), (sp16, _) = jax.jit(lambda k: init_split_variables(k, bf16))(init_key(0))
     chex.assert_trees_all_equal(cp16, cp)  # Same float32 params: the dtype is compute only.
     chex.assert_trees_all_equal(sp16, sp)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(B, 32, 32, 3)), jnp.float32)
@@ -49,12 +57,13 @@ def test_bf16_forward_is_close_to_f32_with_the_same_float32_params():
 def test_bf16_attacker_aware_step_keeps_float32_state():
     model = build(jnp.bfloat16)
     shape = feature_shape(model)
-    decoder = build_decoder("conv_normN0C16", feature_shape=shape, dtype=jnp.bfloat16)
+    decoder = build_decoder("conv_normN0C16", feature_shape=shape, dtype=jnp.bfloat16,
+                            conv_impl="xla")
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
-    state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
+    state = create_sfl_state(init_key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=K)
     state = state.replace(decoders=ressfl.create_decoders(
-        jax.random.key(1), decoder, num_clients=K, feature_shape=shape, tx=optax.adam(1e-3)))
+        init_key(1), decoder, num_clients=K, feature_shape=shape, tx=optax.adam(1e-3)))
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (K, B, 32, 32, 3), np.uint8)),
              "label": jnp.asarray(rng.integers(0, 10, (K, B)), jnp.int32)}
@@ -83,7 +92,7 @@ def test_config_dtype_reaches_the_model_and_bad_names_fail():
 def test_bf16_vanilla_step_runs_with_float32_params():
     model = build(jnp.bfloat16)
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
-    state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
+    state = create_sfl_state(init_key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=K)
     rng = np.random.default_rng(1)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (K, B, 32, 32, 3), np.uint8)),

@@ -27,9 +27,15 @@ def setup():
     shape = feature_shape(model)
     decoder = build_decoder("conv_normN0C16", feature_shape=shape, conv_impl="xla")
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
-    state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
-                             num_clients=K)
-    decoders = ressfl.create_decoders(jax.random.key(1), decoder, num_clients=K,
+    # The first K of 3 identical slots (create_sfl_state copies client 0 into every slot): the
+    # 3-slot init program of this model is the one test_sfl.py and test_decoder_fit.py compile,
+    # so a test run compiles it once for all three (persistent compilation cache). Init keys
+    # are "rbg" keys: a threefry init of even this tiny VGG compiles ~4x slower on XLA-CPU (as
+    # in test_models.py); the initial weights' values are not what these tests check.
+    state = create_sfl_state(jax.random.key(0, impl="rbg"), model, client_tx=tx, server_tx=tx,
+                             num_clients=3)
+    state = jax.jit(lambda s: s.replace(clients=jax.tree.map(lambda x: x[:K], s.clients)))(state)
+    decoders = ressfl.create_decoders(jax.random.key(1, impl="rbg"), decoder, num_clients=K,
                                       feature_shape=shape, tx=optax.adam(1e-3))
     state = state.replace(decoders=decoders)
     rng = np.random.default_rng(0)
@@ -122,7 +128,7 @@ def test_vmapped_decoders_equal_loop(setup):
     model, decoder, state, batch = setup
     # SGD, not Adam: a conv bias feeding BatchNorm has a zero true gradient, and Adam's
     # normalisation would blow its float noise up to lr-sized steps in both computations.
-    sgd = ressfl.create_decoders(jax.random.key(1), decoder, num_clients=K,
+    sgd = ressfl.create_decoders(jax.random.key(1, impl="rbg"), decoder, num_clients=K,
                                  feature_shape=feature_shape(model), tx=optax.sgd(0.1))
     state = state.replace(decoders=sgd.replace(params=jax.tree.map(
         lambda x: x * (1 + 0.1 * jnp.arange(K, dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))),
@@ -185,7 +191,9 @@ def test_penalty_bn_modes_differ_and_bad_value_is_refused(setup):
     model, decoder, state, batch = setup
     key = jax.random.key(7)
     s = state.replace(step=jnp.asarray(1, jnp.int32))
-    out = {bn: step_fn(model, decoder, alpha=5.0, interval=10, penalty_bn=bn)(s, batch, key)[1]
+    # alpha and interval of test_minimax_sign_positive_alpha_hurts_the_decoder[ssim]'s alpha > 0
+    # step, so that its "eval" program is compiled once for both tests.
+    out = {bn: step_fn(model, decoder, alpha=10.0, interval=10, penalty_bn=bn)(s, batch, key)[1]
            for bn in ressfl.PENALTY_BN}
     assert float(out["eval"]["train/inversion_ssim"]) != float(out["batch"]["train/inversion_ssim"])
     with pytest.raises(ValueError, match="penalty_bn 'train'"):

@@ -19,14 +19,28 @@ K, B = 3, 4
 
 @pytest.fixture(scope="module")
 def model():
+    # XLA's conv compiles ~25% faster than im2col here; test_models checks im2col == xla.
     return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
-                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16)
+                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), width_mult=1 / 16,
+                             conv_impl="xla")
 
 
 def make_state(model, num_clients, lr=0.1):
+    """``create_sfl_state(..., num_clients)``: the first ``num_clients`` of K identical slots.
+
+    Every state is built by the one K-slot init program (compiled once, then loaded from the
+    compilation cache: ``lr`` is not part of it); its slots are copies of client 0, so the first
+    ``num_clients`` of them are exactly what ``num_clients=num_clients`` builds. The init key is
+    an "rbg" key: a threefry init of even this tiny VGG compiles ~4x slower on XLA-CPU (as in
+    test_models.py), and no test here depends on the initial weights' values.
+    """
     tx = optim.make_sgd(lr, momentum=0.9, weight_decay=5e-4)
-    return create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
-                            num_clients=num_clients)
+    state = create_sfl_state(jax.random.key(0, impl="rbg"), model, client_tx=tx, server_tx=tx,
+                             num_clients=K)
+    if num_clients == K:
+        return state
+    return jax.jit(lambda s: s.replace(clients=jax.tree.map(lambda x: x[:num_clients],
+                                                            s.clients)))(state)
 
 
 def make_batch(num_clients, seed=0):
@@ -97,18 +111,20 @@ def test_sequential_step_equals_loop_over_clients(model):
     # the server as updated by the previous clients and the same dropout key as in the scan.
     server = state.server
     _, server_key = sfl.round_keys(key)
+
+    def loss_fn(cp, sp, client_stats, server_stats, images, labels, dropout_key):
+        f, cs = sfl.client_apply(model, cp, client_stats, images, train=True)
+        logits, ss = sfl.server_apply(model, sp, server_stats, f, dropout_key, train=True)
+        return jnp.mean(losses.cross_entropy(logits, labels)), (cs, ss)
+
+    # One compiled oracle for every client (its inputs are arguments, not closed-over values).
+    grad_fn = jax.jit(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))
     for i in range(K):
         client = federated.unstack(state.clients, i)
         images = batch["image"][i].astype(jnp.float32) / 255.0
-
-        def loss_fn(cp, sp, client=client, server=server, images=images, i=i):
-            f, cs = sfl.client_apply(model, cp, client.batch_stats, images, train=True)
-            logits, ss = sfl.server_apply(model, sp, server.batch_stats, f,
-                                          jax.random.fold_in(server_key, i), train=True)
-            return jnp.mean(losses.cross_entropy(logits, batch["label"][i])), (cs, ss)
-
-        (cg, sg), (cs, ss) = jax.jit(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))(
-            client.params, server.params)
+        (cg, sg), (cs, ss) = grad_fn(client.params, server.params, client.batch_stats,
+                                     server.batch_stats, images, batch["label"][i],
+                                     jax.random.fold_in(server_key, i))
         server = server.apply_gradients(grads=sg, batch_stats=ss)
         want = client.apply_gradients(grads=cg, batch_stats=cs)
         chex.assert_trees_all_close(federated.unstack(new_state.clients, i).params,

@@ -19,6 +19,13 @@ def _run(args, devices_per_process: int, **popen):
     flags = (os.environ.get("XLA_FLAGS", "")  # The caller's XLA flags, plus the devices.
              + f" --xla_force_host_platform_device_count={devices_per_process}").strip()
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    # This test run's persistent compilation cache (tests/conftest.py): a program that one run
+    # compiled (e.g. the single-device run's, which both tests make) is loaded by the next.
+    env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(
+                   jax.config.jax_persistent_cache_min_compile_time_secs),
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=str(
+                   jax.config.jax_persistent_cache_min_entry_size_bytes))
     return subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)
