@@ -59,16 +59,15 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from experiments.torch_reference_step import SETTINGS
-from ressfl_jax import optim
-from ressfl_jax.data.sources import load_dataset
+from experiments.torch_reference_step import SETTINGS, slot_name
+from ressfl_jax import federated, optim
+from ressfl_jax.data.sources import NORMALIZATION, load_dataset
 from ressfl_jax.models import build_split_model
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.state import create_sfl_state
 from ressfl_jax.training import ressfl, sfl
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the reference's normalisation for dataset=cifar10
-CIFAR10_STD = (0.247, 0.243, 0.261)
+CIFAR10_MEAN, CIFAR10_STD = NORMALIZATION["cifar10"]  # the reference's, for dataset=cifar10
 
 # Reference module path -> our module path, for VGG-11-bn, cutlayer 4, norelu_C8S1 and the
 # decoders of the torch half's settings (torch_reference_step.SETTINGS).
@@ -236,8 +235,8 @@ def run_torch(args, name: str, *, threads: int, extra=()) -> dict:
 
 def part_names(num: int) -> list[str]:
     """Client and decoder slot names of ``num`` clients, and the server."""
-    slots = [str(k) if k else "" for k in range(num)]
-    return [f"client{s}" for s in slots] + ["server"] + [f"decoder{s}" for s in slots]
+    return ([slot_name("client", k) for k in range(num)] + ["server"]
+            + [slot_name("decoder", k) for k in range(num)])
 
 
 def table(part: str, decoder_type: str) -> dict:
@@ -279,8 +278,7 @@ def load(state, weights: dict, kinds=("client", "server", "decoder")):
     num = state.clients.step.shape[0]
 
     def stacked(kind, collection):
-        slots = [weights[f"{kind}{k if k else ''}"][collection] for k in range(num)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *slots)
+        return federated.stack([weights[slot_name(kind, k)][collection] for k in range(num)])
 
     if "client" in kinds:
         state = state.replace(clients=state.clients.replace(
@@ -298,12 +296,9 @@ def unstack(state) -> dict:
     """{part: {'params', 'batch_stats'}} of every client slot, the server, every decoder slot."""
     out = {"server": {"params": state.server.params, "batch_stats": state.server.batch_stats}}
     for k in range(state.clients.step.shape[0]):
-        slot = lambda tree: jax.tree.map(lambda x: x[k], tree)  # noqa: E731
-        suffix = str(k) if k else ""
-        out[f"client{suffix}"] = {"params": slot(state.clients.params),
-                                  "batch_stats": slot(state.clients.batch_stats)}
-        out[f"decoder{suffix}"] = {"params": slot(state.decoders.params),
-                                   "batch_stats": slot(state.decoders.batch_stats)}
+        for kind, slots in (("client", state.clients), ("decoder", state.decoders)):
+            out[slot_name(kind, k)] = {"params": federated.unstack(slots.params, k),
+                                       "batch_stats": federated.unstack(slots.batch_stats, k)}
     return out
 
 

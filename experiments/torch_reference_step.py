@@ -72,17 +72,17 @@ def state_arrays(prefix, module):
             if not key.endswith("num_batches_tracked")}
 
 
-def snapshot(mia, tag):
-    """Every client copy, the server body, the classifier and every decoder under ``tag``.
+def slot_name(kind, k):
+    """Saved name of client copy / decoder ``k``: 'client', 'client1', ... ('decoder', ...)."""
+    return f"{kind}{k}" if k else kind
 
-    Client copy / decoder k is saved as ``client`` / ``decoder`` for k = 0 and ``client{k}`` /
-    ``decoder{k}`` for k > 0.
-    """
+
+def snapshot(mia, tag):
+    """Every client copy, the server body, the classifier and every decoder under ``tag``."""
     out = {}
     parts = [("cloud", mia.model.cloud), ("classifier", mia.model.classifier)]
     for k, (client, decoder) in enumerate(zip(mia.model.local_list, mia.local_AE_list)):
-        suffix = str(k) if k else ""
-        parts += [(f"client{suffix}", client), (f"decoder{suffix}", decoder)]
+        parts += [(slot_name("client", k), client), (slot_name("decoder", k), decoder)]
     for prefix, module in parts:
         out.update(state_arrays(f"{tag}/{prefix}", module))
     return out
