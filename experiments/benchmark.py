@@ -69,16 +69,20 @@ TORCH_NAMES = {("vanilla", 1): "vanilla_k1", ("vanilla", 10): "vanilla_k10",
 
 
 def matmul_peak(dtype="float32") -> float:
-    """Measured GFLOP/s of a 2048^2 ``dtype`` matmul on the default device."""
-    a = jnp.ones((2048, 2048), jnp.dtype(dtype))
+    """Measured GFLOP/s of a square ``dtype`` matmul on the default device.
+
+    2048^2 on CPU; 8192^2 on an accelerator, where a small product is mostly launch latency.
+    """
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (n, n)), jnp.dtype(dtype))
     f = jax.jit(lambda a: a @ a)
     jax.block_until_ready(f(a))
     times = []
-    for _ in range(5):
+    for _ in range(5 if n == 2048 else 20):
         start = time.perf_counter()
         jax.block_until_ready(f(a))
         times.append(time.perf_counter() - start)
-    return 2 * 2048 ** 3 / min(times) / 1e9
+    return 2 * n ** 3 / min(times) / 1e9
 
 
 def _dtype():
@@ -195,7 +199,8 @@ def torch_block(names, repeats):
            f"--reference={_TORCH.value}", f"--configs={','.join(names)}",
            f"--repeats={repeats}", f"--threads={_THREADS.value}",
            f"--device={_TORCH_DEVICE.value}", f"--out={out}"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(os.path.dirname(out), "torch_block.log"), "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     with open(out) as f:
         return {r["name"]: r for r in json.load(f)}
 
@@ -215,9 +220,21 @@ def main(argv):
     names = sorted({TORCH_NAMES[(s, k)] for s, k, _ in settings if (s, k) in TORCH_NAMES})
     for _ in range(blocks):  # Alternate ours and theirs so machine noise hits both alike.
         ours.append(measure(settings, peak))
+        _report(ours, theirs, device, peak)  # Ours are kept even if the reference fails.
         if _TORCH.value and names:
-            for name, r in torch_block(names, max(2, _REPEATS.value // blocks)).items():
+            try:
+                block = torch_block(names, max(2, _REPEATS.value // blocks))
+            except (subprocess.CalledProcessError, OSError) as e:
+                print(f"the reference's block failed ({e}); its log: "
+                      f"{os.path.join(_OUT.value or '.', 'torch_block.log')}", file=sys.stderr)
+                break
+            for name, r in block.items():
                 theirs.setdefault(name, []).extend(r["step_s"])
+    print(_report(ours, theirs, device, peak))
+
+
+def _report(ours, theirs, device, peak) -> str:
+    """Pools each setting's times over the blocks, adds the reference's ratio, writes --out."""
     results = []
     for blocks_of_one in zip(*ours):  # The same setting in every block: pool its times.
         r = summarise(blocks_of_one[0] | {"times": [t for b in blocks_of_one
@@ -230,7 +247,6 @@ def main(argv):
             r["torch_name"], r["torch_images_per_sec"] = torch_name, batch / per_step
             r["ratio_vs_torch"] = r["images_per_sec"] / r["torch_images_per_sec"]
     table = _markdown(results, device, peak, _DTYPE.value)
-    print(table)
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
         with open(os.path.join(_OUT.value, "benchmark.json"), "w") as f:
@@ -239,6 +255,7 @@ def main(argv):
                        "results": results}, f, indent=2)
         with open(os.path.join(_OUT.value, "benchmark.md"), "w") as f:
             f.write(table + "\n")
+    return table
 
 
 def _markdown(results, device, peak, dtype="float32") -> str:

@@ -22,18 +22,23 @@ if [ -d .carry/whl ]; then
 fi
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-(nvidia-smi -L; $PY -c "import jax; print('jax', jax.__version__, jax.devices())") \
+(nvidia-smi -L; $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; \
+  $PY -m pip list 2>/dev/null | grep -iE "^(jax|jaxlib|flax|optax|orbax-checkpoint|chex|torch|numpy) ") \
   2>&1 | tee "$OUT/devices.log"
 
 TORCH=""
 if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
-  BENCH="--steps=vanilla,attack_conv_normN0C8 --num_clients=1 --width_mult=0.0625 --repeats=2"
+  BENCH1="--steps=vanilla --num_clients=1 --width_mult=0.0625 --repeats=2"
+  BENCH2="--steps=attack_conv_normN0C8 --width_mult=0.0625 --repeats=2"
+  BENCH3="--steps=vanilla --num_clients=2 --width_mult=0.0625 --repeats=2 --dtype=bfloat16"
   PRE="--config=experiments/configs/pretrain.py:smoke"
   ATK="--config=experiments/configs/attack.py:smoke"
-  EPOCHS=2 KEEP="(1,2)" T_BENCH=300 T_EXPERT=300 T_VANILLA=200 T_ATTACK=300
+  EPOCHS=2 KEEP="(1,2)" TOTAL=${DEVICE_CHECK_SECONDS:-900}
+  T_BENCH1=200 T_BENCH2=150 T_BENCH3=150 T_TRAIN=300
 else
-  BENCH="--steps=vanilla,expert,lite,attack_res_normN4C64,attack_conv_normN0C16"
-  BENCH="$BENCH --num_clients=1,10,100 --repeats=6 --blocks=2"
+  BENCH1="--steps=vanilla,expert --num_clients=1,10,100 --repeats=10 --blocks=1"
+  BENCH2="--steps=lite,attack_res_normN4C64,attack_conv_normN0C16 --repeats=10 --blocks=1"
+  BENCH3="--steps=vanilla,expert --num_clients=1,100 --repeats=10 --dtype=bfloat16"
   if [ -f .carry/ResSFL/MIA_torch.py ]; then
     TORCH="--torch_reference=.carry/ResSFL --torch_python=$PY --torch_device=cuda"
   fi
@@ -41,10 +46,18 @@ else
   PRE="$PRE --config.data.dataset_portion=1.0 --config.attacker.pretrain_epochs=10"
   ATK="--config=experiments/configs/attack.py:cpu --config.decoders=res_normN4C64"
   ATK="$ATK --config.optimization.steps=0 --config.aux_max=0 --config.epochs=20"
-  EPOCHS=20 KEEP="(1,2,5,10,20)" T_BENCH=170 T_EXPERT=200 T_VANILLA=60 T_ATTACK=110
+  EPOCHS=30 KEEP="(1,2,5,10,20,30)" TOTAL=${DEVICE_CHECK_SECONDS:-540}
+  T_BENCH1=110 T_BENCH2=90 T_BENCH3=50 T_TRAIN=260
 fi
 COMMON="--config.run.num_epochs=$EPOCHS --config.optim.milestones=($EPOCHS,)"
 COMMON="$COMMON --config.run.keep_epochs=$KEEP"
+# Every stage ends by the script's deadline (TOTAL seconds after its start), whatever it is.
+DEADLINE=$((SECONDS + TOTAL))
+
+limit() {  # limit WANTED RESERVE: WANTED, cut so that RESERVE seconds stay before the deadline.
+  local left=$((DEADLINE - SECONDS - $2))
+  echo $(( $1 < left ? $1 : (left > 1 ? left : 1) ))
+}
 
 stage() {  # stage NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.log.
   local name=$1 limit=$2
@@ -56,17 +69,43 @@ stage() {  # stage NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME
   tail -n 25 "$OUT/$name.log"
 }
 
+# 1. Throughput, alone on the GPU: ours, then the reference's own CUDA calls (f32), then bf16.
 # shellcheck disable=SC2086  # The option strings are meant to split.
-stage bench "$T_BENCH" $PY -m experiments.benchmark $BENCH $TORCH --out="$OUT/bench"
+stage bench "$(limit $T_BENCH1 300)" $PY -m experiments.benchmark $BENCH1 $TORCH --out="$OUT/bench"
 # shellcheck disable=SC2086
-stage expert "$T_EXPERT" $PY -m experiments.pretrain $PRE $COMMON --workdir="$OUT/expert"
+stage bench_lite_attack "$(limit $T_BENCH2 250)" $PY -m experiments.benchmark $BENCH2 $TORCH \
+  --out="$OUT/bench_lite_attack"
 # shellcheck disable=SC2086
-stage vanilla "$T_VANILLA" $PY -m experiments.train $PRE $COMMON --workdir="$OUT/vanilla"
+stage bench_bf16 "$(limit $T_BENCH3 230)" $PY -m experiments.benchmark $BENCH3 \
+  --out="$OUT/bench_bf16"
+
+# 2. The expert and its vanilla twin side by side on the GPU (each small enough to leave it
+#    mostly idle), then the attack on every kept epoch of both, also side by side.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.4
+T=$(limit $T_TRAIN 110)
+# shellcheck disable=SC2086
+stage expert "$T" $PY -m experiments.pretrain $PRE $COMMON --workdir="$OUT/expert" &
+# shellcheck disable=SC2086
+stage vanilla "$T" $PY -m experiments.train $PRE $COMMON --workdir="$OUT/vanilla" &
+wait
+T=$(limit 300 8)
 for run in expert vanilla; do
   # shellcheck disable=SC2086
-  stage "attack_$run" "$T_ATTACK" $PY -m experiments.attack $ATK --config.step=all \
-    --config.checkpoint="$OUT/$run" --workdir="$OUT/attack_$run"
+  stage "attack_$run" "$T" $PY -m experiments.attack $ATK --config.step=all \
+    --config.checkpoint="$OUT/$run" --workdir="$OUT/attack_$run" &
 done
+wait
+for run in expert vanilla; do
+  echo "== $run: test accuracy per epoch; attack MSE/SSIM per kept epoch"
+  grep -h "test accuracy" "$OUT/$run.log" | tr '\r' '\n' | grep -o "epoch [0-9]*: test accuracy [0-9.]*" | tr '\n' ';'
+  echo
+  for f in "$OUT/attack_$run"/steps/*.json; do
+    [ -f "$f" ] && $PY -c "import json, sys; r = json.load(open(sys.argv[1])); w = r['worst_case']
+print(sys.argv[1].split('/')[-1], 'acc %.4f mse %.4f ssim %.3f psnr %.2f (%.0f s)' % (
+    r['accuracy'], w['mse'], w['ssim'], w['psnr'], r['seconds']))" "$f"
+  done
+done
+for b in bench bench_lite_attack bench_bf16; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
 # At most 8 files come back from the device tool: pack the logs, JSON, tables and PNG grids
 # (not the checkpoints) into one archive, and leave only it and the devices log in $OUT.
 (cd "$OUT" && find . \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.md' \
