@@ -59,9 +59,19 @@ def attacked_steps(config) -> list[tuple[str, int | None]]:
         directory = expert.resolve_dir(config.checkpoint, checkpoints.LAST)
         manager = checkpoints.make_manager(directory, max_to_keep=None)
         return [(checkpoints.LAST, s) for s in sorted(manager.all_steps())]
+    if "," in step:  # A list of saved steps, e.g. '10,20': the checkpoints kept of the loop.
+        return [pair for s in step.split(",") if s.strip()
+                for pair in attacked_steps(_with_step(config, s.strip()))]
     if step and not step.isdigit():
-        raise ValueError(f"step must be '', 'all' or a saved step number; got {step!r}.")
+        raise ValueError(f"step must be '', 'all', a saved step number or a comma-separated "
+                         f"list of them (e.g. '10,20'); got {step!r}.")
     return [(config.which, int(step) if step else None)]
+
+
+def _with_step(config, step: str):
+    config = config.copy_and_resolve_references()
+    config.step = step
+    return config
 
 
 def load_targets(config, dataset):

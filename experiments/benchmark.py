@@ -85,6 +85,27 @@ def matmul_peak(dtype="float32") -> float:
     return 2 * n ** 3 / min(times) / 1e9
 
 
+def cpu_flops(fn, *args) -> float:
+    """XLA's FLOP count of ``fn(*args)`` compiled for the CPU, whatever the default backend.
+
+    On a GPU, convolutions compile to cuDNN custom calls that XLA's cost analysis counts as
+    zero FLOPs; the CPU program's count is the arithmetic of the same step.
+    """
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+        return compiled_flops(fn, *jax.device_put(args, cpu))
+
+
+def setting_flops(step: str, k: int, scheme: str) -> float:
+    """FLOPs of one timed call of a training setting, counted on the CPU (see ``cpu_flops``).
+
+    The vanilla step's work is linear in K (K client batches, one server batch of K*B), so it
+    is counted at K=1 and scaled, which keeps a K=100 program off the CPU compiler.
+    """
+    fn, args, _, _ = build(step, 1 if step == "vanilla" else k, scheme)
+    return (k if step == "vanilla" else 1) * cpu_flops(fn, *args)
+
+
 def _dtype():
     return common.COMPUTE_DTYPES[_DTYPE.value]
 
@@ -126,7 +147,7 @@ def build(step: str, k: int, scheme: str):
             return jax.lax.scan(lambda s, xy: one(s, *xy), state, (x, y))[0]
 
         # XLA's cost analysis counts a scan body once, so count one decoder step, times 10.
-        flops = 10 * compiled_flops(lambda s, x, y: one(s, x, y)[0], state, x[0], y[0])
+        flops = 10 * cpu_flops(lambda s, x, y: one(s, x, y)[0], state, x[0], y[0])
         return jax.jit(call, donate_argnums=0), (state, x, y), 10 * 32, flops
     state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=k)
@@ -163,15 +184,20 @@ def measure(settings, peak):
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if flops is None:
+            if jax.default_backend() == "cpu":
+                cost = compiled.cost_analysis()
+                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+                flops = float(cost.get("flops", 0.0))
+            else:
+                flops = setting_flops(step, k, scheme)
         mem = compiled.memory_analysis()
         peak_bytes = None if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                                + mem.output_size_in_bytes)
         args = (jax.block_until_ready(compiled(*args)),) + args[1:]  # warm-up
         prepared.append(dict(step=step, num_clients=k, scheme=scheme, compiled=compiled,
                              args=args, samples=samples, compile_s=compile_s,
-                             flops=float(cost.get("flops", 0.0)) if flops is None else flops,
+                             flops=flops,
                              memory_bytes=peak_bytes,
                              times=[]))
     for _ in range(_REPEATS.value):

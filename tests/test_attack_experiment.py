@@ -51,6 +51,13 @@ def test_client_model_accuracy_matches_the_training_loop(smoke_expert):
 
 
 @pytest.mark.slow
+def test_attacked_steps_takes_a_list_of_saved_steps(smoke_expert):
+    config = smoke(smoke_expert, step="2, 1", which="last")
+    assert attack.attacked_steps(config) == [("last", 2), ("last", 1)]
+    with pytest.raises(ValueError, match="comma-separated"):
+        attack.attacked_steps(smoke(smoke_expert, step="1,x"))
+
+
 def test_attack_every_saved_step(smoke_expert, tmp_path):
     summary = attack.run(smoke(smoke_expert, step="all"), str(tmp_path))
     # last/ keeps epoch 0 (the initial model, after phase 0) and the 2 newest epochs.

@@ -19,6 +19,9 @@ def test_benchmark_writes_every_setting(tmp_path):
         fn, args, _, flops = benchmark.build("attack_conv_normN0C16", 1, "parallel")
         xla_count = benchmark.compiled_flops(fn, *args)
         assert 9 * xla_count < flops < 11 * xla_count
+        # On a GPU, convs are cuDNN calls that XLA counts as 0 FLOPs: there the vanilla step is
+        # counted on the CPU at K=1 and scaled by K. The scaling must match the K=2 program.
+        scaled = benchmark.setting_flops("vanilla", 2, "parallel")
     finally:
         flags.FLAGS.unparse_flags()
     with open(tmp_path / "benchmark.json") as f:
@@ -28,6 +31,7 @@ def test_benchmark_writes_every_setting(tmp_path):
     for r in report["results"]:
         assert r["flops"] > 0 and r["images_per_sec"] > 0 and len(r["times"]) == 1
         assert "ratio_vs_torch" not in r  # no --torch_reference
+    assert abs(scaled / report["results"][1]["flops"] - 1) < 0.05
     # One lite call is a whole interval cycle: 5 rounds x 2 clients x 4 images.
     assert report["results"][2]["samples"] == 40
     assert report["matmul_peak_gflops"] > 0

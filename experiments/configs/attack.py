@@ -27,7 +27,8 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
     c.checkpoint = ""            # A run WORKDIR (or its checkpoints dir). Required.
     c.which = "best"             # 'best' (highest test accuracy, --test_best) or 'last'.
     c.step = ""                  # '' = newest of `which`; 'N' = saved step (epoch) N;
-    #                              'all' = every saved step in last/ (MSE vs epoch).
+    #                              'all' = every saved step in last/ (MSE vs epoch);
+    #                              '10,20' = those saved steps of `which`.
     c.data_dir = ""              # '' = where the attacked run read its data.
     # The attacker (spec §7.2-7.3).
     c.decoders = "conv_normN0C16,res_normN0C16,res_normN2C32,res_normN4C64"
