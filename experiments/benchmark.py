@@ -96,13 +96,17 @@ def cpu_flops(fn, *args) -> float:
         return compiled_flops(fn, *jax.device_put(args, cpu))
 
 
-def setting_flops(step: str, k: int, scheme: str) -> float:
-    """FLOPs of one timed call of a training setting, counted on the CPU (see ``cpu_flops``).
+def setting_flops(step: str, k: int, scheme: str, conv_impl: str = "im2col") -> float:
+    """FLOPs of one timed call of a setting: its arithmetic, counted by XLA on the CPU.
 
-    The vanilla step's work is linear in K (K client batches, one server batch of K*B), so it
-    is counted at K=1 and scaled, which keeps a K=100 program off the CPU compiler.
+    With ``conv_impl="im2col"`` every conv is a matmul, whose FLOPs XLA counts exactly
+    (2*M*N*K); the benchmark's FLOP/s on an accelerator use this count (cuDNN convs count 0
+    there). The vanilla step's work is linear in K (K client batches, one server batch of K*B),
+    so it is counted at K=1 and scaled, which keeps a K=100 program off the CPU compiler.
     """
-    fn, args, _, _ = build(step, 1 if step == "vanilla" else k, scheme)
+    fn, args, _, flops = build(step, 1 if step == "vanilla" else k, scheme, conv_impl)
+    if flops is not None:  # the attack's call: counted per decoder step by ``build``
+        return flops
     return (k if step == "vanilla" else 1) * cpu_flops(fn, *args)
 
 
@@ -110,10 +114,10 @@ def _dtype():
     return common.COMPUTE_DTYPES[_DTYPE.value]
 
 
-def _model():
+def _model(conv_impl):
     return build_split_model("vgg11_bn", cut_layer=4, bottleneck="norelu_C8S1", num_classes=10,
                              mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.243, 0.261),
-                             width_mult=_WIDTH.value, conv_impl=_CONV.value,
+                             width_mult=_WIDTH.value, conv_impl=conv_impl,
                              dtype=_dtype())
 
 
@@ -123,18 +127,19 @@ def _batch(k, b, seed=0):
             "label": jnp.asarray(rng.integers(0, 10, (k, b)), jnp.int32)}
 
 
-def build(step: str, k: int, scheme: str):
+def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
     """(call, args, samples per call, FLOPs per call or None) for one setting.
 
     ``call(*args)`` returns the new args[0]. FLOPs are None where XLA's count of the compiled
-    ``call`` is the whole call (no loops).
+    ``call`` is the whole call (no loops). ``conv_impl`` defaults to ``--conv_impl``.
     """
-    model, b = _model(), _BATCH.value
+    conv_impl = conv_impl or _CONV.value
+    model, b = _model(conv_impl), _BATCH.value
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
     if step.startswith("attack_"):
         feats = feature_shape(model)
         decoder = build_decoder(step[len("attack_"):], feature_shape=feats, init="torch",
-                                conv_impl=_CONV.value, dtype=_dtype())
+                                conv_impl=conv_impl, dtype=_dtype())
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.normal(size=(10, 32) + feats), jnp.float32)
         y = jnp.asarray(rng.uniform(size=(10, 32, 32, 32, 3)), jnp.float32)
@@ -159,7 +164,7 @@ def build(step: str, k: int, scheme: str):
     decoder_type, interval, rounds = (("res_normN4C64", 1, 1) if step == "expert"
                                       else ("conv_normN0C16", 5, 5))
     feats = feature_shape(model)
-    decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=_CONV.value,
+    decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=conv_impl,
                             dtype=_dtype())
     state = state.replace(decoders=ressfl.create_decoders(
         jax.random.key(2), decoder, num_clients=k, feature_shape=feats,
@@ -184,13 +189,12 @@ def measure(settings, peak):
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
-        if flops is None:
-            if jax.default_backend() == "cpu":
-                cost = compiled.cost_analysis()
-                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-                flops = float(cost.get("flops", 0.0))
-            else:
-                flops = setting_flops(step, k, scheme)
+        if jax.default_backend() != "cpu":
+            flops = setting_flops(step, k, scheme)
+        elif flops is None:
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            flops = float(cost.get("flops", 0.0))
         mem = compiled.memory_analysis()
         peak_bytes = None if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                                + mem.output_size_in_bytes)

@@ -21,7 +21,7 @@ def test_benchmark_writes_every_setting(tmp_path):
         assert 9 * xla_count < flops < 11 * xla_count
         # On a GPU, convs are cuDNN calls that XLA counts as 0 FLOPs: there the vanilla step is
         # counted on the CPU at K=1 and scaled by K. The scaling must match the K=2 program.
-        scaled = benchmark.setting_flops("vanilla", 2, "parallel")
+        scaled = benchmark.setting_flops("vanilla", 2, "parallel", conv_impl="xla")
     finally:
         flags.FLAGS.unparse_flags()
     with open(tmp_path / "benchmark.json") as f:
