@@ -11,17 +11,17 @@
 #      classes 0-4 for as many epochs as fit, epochs 1,2,5,10,20 kept; then the res_normN4C64
 #      attack on every kept epoch of both (MSE vs epoch: does resistance appear with length?).
 # DEVICE_CHECK_SMOKE=1 runs the same script with the smoke presets (a CPU test of the script).
+# Stage times seen on an H100 (2026-11-26, 540 s in all; results/h100_2026-11-26/): bench 110 s
+# (cut: the reference's K=10 block had not finished), bench_lite_attack ~60 s, bench_bf16 cut at
+# 50 s while compiling, expert 30 epochs 179 s beside vanilla (~60 s), attacks ~55 s to the first
+# checkpoint then ~15 s per checkpoint (cut at 119 s after epoch 5). Give the next run's time to
+# what is still missing (bf16, the reference's K=10, the expert's later epochs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_check}
-mkdir -p "$OUT"
-if [ -d .carry/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .carry/whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
+STAGE_TAIL=25
+# shellcheck source=scripts/device_common.sh
+source scripts/device_common.sh
 (nvidia-smi -L; $PY -c "import jax; print('jax', jax.__version__, jax.devices())"; \
   $PY -m pip list 2>/dev/null | grep -iE "^(jax|jaxlib|flax|optax|orbax-checkpoint|chex|torch|numpy) ") \
   2>&1 | tee "$OUT/devices.log"
@@ -52,22 +52,7 @@ fi
 COMMON="--config.run.num_epochs=$EPOCHS --config.optim.milestones=($EPOCHS,)"
 COMMON="$COMMON --config.run.keep_epochs=$KEEP"
 # Every stage ends by the script's deadline (TOTAL seconds after its start), whatever it is.
-DEADLINE=$((SECONDS + TOTAL))
-
-limit() {  # limit WANTED RESERVE: WANTED, cut so that RESERVE seconds stay before the deadline.
-  local left=$((DEADLINE - SECONDS - $2))
-  echo $(( $1 < left ? $1 : (left > 1 ? left : 1) ))
-}
-
-stage() {  # stage NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.log.
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name (limit ${limit}s): $*"
-  local start=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: exit $? after $((SECONDS - start)) s"
-  tail -n 25 "$OUT/$name.log"
-}
+set_deadline "$TOTAL"
 
 # 1. Throughput, alone on the GPU: ours, then the reference's own CUDA calls (f32), then bf16.
 # shellcheck disable=SC2086  # The option strings are meant to split.

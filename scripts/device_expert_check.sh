@@ -14,14 +14,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_expert_check}
-mkdir -p "$OUT"
-if [ -d .carry/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .carry/whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
+# shellcheck source=scripts/device_common.sh
+source scripts/device_common.sh
 if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   PRE="--config=experiments/configs/pretrain.py:smoke"
   ATK="--config=experiments/configs/attack.py:smoke"
@@ -35,21 +29,7 @@ else
 fi
 PRE="$PRE --config.run.num_epochs=$EPOCHS --config.optim.milestones=($EPOCHS,)"
 PRE="$PRE --config.run.keep_epochs=($STEPS)"
-DEADLINE=$((SECONDS + TOTAL))
-
-limit() {  # limit WANTED RESERVE: WANTED, cut so that RESERVE seconds stay before the deadline.
-  local left=$((DEADLINE - SECONDS - $2))
-  echo $(( $1 < left ? $1 : (left > 1 ? left : 1) ))
-}
-
-stage() {  # stage NAME SECONDS COMMAND...: runs with a limit, logs to $OUT/NAME.log.
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name (limit ${limit}s): $*"
-  local start=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: exit $? after $((SECONDS - start)) s"
-}
+set_deadline "$TOTAL"
 
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.4
 T=$(limit $T_TRAIN 80)
