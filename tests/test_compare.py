@@ -25,6 +25,8 @@ def test_cpu_plan_reuses_the_pipeline_runs(tmp_path):
              for m in methods]
     assert names == [
         ("vanilla", "no bottleneck", "vanilla", None),
+        ("gaussian (post-hoc)", "gaussian 5", "vanilla", ("gaussian", 5.0)),
+        ("gaussian (post-hoc)", "gaussian 10", "vanilla", ("gaussian", 10.0)),
         ("laplace (post-hoc)", "laplace 10", "vanilla", ("laplace", 10.0)),
         ("laplace (post-hoc)", "laplace 20", "vanilla", ("laplace", 20.0)),
         ("dropout (post-hoc)", "dropout 0.2", "vanilla", ("dropout", 0.2)),
@@ -33,9 +35,24 @@ def test_cpu_plan_reuses_the_pipeline_runs(tmp_path):
         ("bottleneck", "norelu_C8S1", "transfer_scratch", None),  # the pipeline's scratch run
         ("NoPeek", "alpha 1", "nopeek_1", None),
         ("ResSFL", "alpha 0.3", "transfer_lite", None)]           # the pipeline's lite run
-    nopeek = methods[7]["train"]
+    nopeek = methods[9]["train"]
     assert nopeek.defense.nopeek_alpha == 1.0 and nopeek.model.bottleneck == "None"
     assert methods[-1]["train"].transfer.mode == "lite"
+
+
+@pytest.mark.parametrize("preset,source,target", [("paper_cifar100", "cifar10", "cifar100"),
+                                                   ("paper_cifar10", "cifar100", "cifar10")])
+def test_paper_presets_train_the_reference_table4_sweeps(tmp_path, preset, source, target):
+    config = compare_config.get_config(preset)
+    methods = compare.plan(config, str(tmp_path))
+    settings = [m["setting"] for m in methods]
+    assert settings[:4] == ["no bottleneck", "laplace 10", "laplace 12.5", "laplace 20"]
+    assert {"norelu_C16S1", "alpha 2", "alpha 0.3", "topk 0.7"} <= set(settings)
+    for m in methods:
+        assert m["train"].data.dataset == target
+    assert methods[-1]["train"].transfer.mode == "lite"
+    from experiments.configs import pretrain as pretrain_config
+    assert pretrain_config.get_config(config.pretrain_preset).data.dataset == source
 
 
 @pytest.mark.slow

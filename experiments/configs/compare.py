@@ -18,14 +18,17 @@ bottleneck-only model) and ``transfer_lite`` runs are reused). Outputs in WORKDI
 strongest attacker), ``summary.json``.
 
 Presets: ``cpu`` (Fashion-MNIST 5-9, short sweeps; declared below), ``smoke`` (tests),
-``paper_cifar100`` (the reference's Table 4 sweeps; needs data_dir and the expert).
+``paper_cifar100`` (the reference's Table 4: CIFAR-10 expert -> CIFAR-100 target, its sweeps;
+needs data_dir and the expert) and ``paper_cifar10`` (the same sweeps in the other direction,
+CIFAR-100 expert -> CIFAR-10 target, the paper's second transfer setting; the reference
+reports no Table 4 for it).
 """
 
 import ml_collections
 
 from experiments import configs
 
-PRESETS = ("cpu", "smoke", "paper_cifar100")
+PRESETS = ("cpu", "smoke", "paper_cifar10", "paper_cifar100")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
@@ -39,7 +42,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.runs_dir = "runs/pipeline_cpu_full" if preset == "cpu" else ""  # '' = WORKDIR.
     c.data_dir = ""                   # Overrides data.data_dir of every training run.
     c.expert = ""                     # An existing expert WORKDIR; '' = pretrain one here.
-    c.posthoc = "laplace:10,20;dropout:0.2;topk:0.5"
+    c.posthoc = "gaussian:5,10;laplace:10,20;dropout:0.2;topk:0.5"
     c.bottlenecks = "norelu_C4S1,norelu_C8S1"
     c.nopeek = "1.0"
     c.ressfl_alphas = "0.3"
@@ -48,9 +51,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.posthoc = "laplace:10"
         c.bottlenecks = ""
         c.nopeek = "1.0"
-    elif preset == "paper_cifar100":
-        c.train_preset = "paper_cifar10_to_cifar100"
-        c.pretrain_preset = "paper_cifar10"
+    elif preset in ("paper_cifar100", "paper_cifar10"):
+        c.train_preset, c.pretrain_preset = (
+            ("paper_cifar10_to_cifar100", "paper_cifar10") if preset == "paper_cifar100"
+            else ("paper_cifar100_to_cifar10", "paper_cifar100"))
         c.attack_preset = "reference"
         c.posthoc = "laplace:10,12.5,20;dropout:0.15,0.2,0.25;topk:0.5,0.6,0.7"
         c.bottlenecks = "norelu_C4S1,norelu_C8S1,norelu_C16S1"
