@@ -8,7 +8,9 @@ from experiments import benchmark
 
 
 def test_benchmark_writes_every_setting(tmp_path):
-    flags.FLAGS(["benchmark", "--steps=vanilla,lite,attack_conv_normN0C16",
+    # lite is built (its samples checked) but not timed: its 5-round program is the costliest
+    # compile here, and it is timed by the same code path as vanilla.
+    flags.FLAGS(["benchmark", "--steps=vanilla,attack_conv_normN0C16",
                  "--num_clients=1,2", "--width_mult=0.0625", "--batch_size=4", "--repeats=1",
                  # XLA's conv compiles faster than im2col; test_models checks im2col == xla.
                  "--conv_impl=xla", f"--out={tmp_path}"])
@@ -22,19 +24,20 @@ def test_benchmark_writes_every_setting(tmp_path):
         # On a GPU, convs are cuDNN calls that XLA counts as 0 FLOPs: there the vanilla step is
         # counted on the CPU at K=1 and scaled by K. The scaling must match the K=2 program.
         scaled = benchmark.setting_flops("vanilla", 2, "parallel", conv_impl="xla")
+        lite_samples = benchmark.build("lite", 2, "parallel")[2]
     finally:
         flags.FLAGS.unparse_flags()
     with open(tmp_path / "benchmark.json") as f:
         report = json.load(f)
     got = [(r["step"], r["num_clients"]) for r in report["results"]]
-    assert got == [("vanilla", 1), ("vanilla", 2), ("lite", 2), ("attack_conv_normN0C16", 1)]
+    assert got == [("vanilla", 1), ("vanilla", 2), ("attack_conv_normN0C16", 1)]
     for r in report["results"]:
         assert r["flops"] > 0 and r["images_per_sec"] > 0 and len(r["times"]) == 1
         assert "ratio_vs_torch" not in r  # no --torch_reference
     assert abs(scaled / report["results"][1]["flops"] - 1) < 0.05
     # One lite call is a whole interval cycle: 5 rounds x 2 clients x 4 images.
-    assert report["results"][2]["samples"] == 40
+    assert lite_samples == 40
     assert report["matmul_peak_gflops"] > 0
     rows = [line for line in (tmp_path / "benchmark.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| step")]
-    assert len(rows) == 4
+    assert len(rows) == 3
