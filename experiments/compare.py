@@ -135,13 +135,21 @@ def _tradeoff_plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 5))
+    xs, ys = [r["attack_mse"] for r in rows], [r["accuracy"] for r in rows]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed = []  # Labels of points close to earlier ones (a label is wide) go below them.
     for method in dict.fromkeys(r["method"] for r in rows):
         points = [r for r in rows if r["method"] == method]
         ax.scatter([r["attack_mse"] for r in points], [r["accuracy"] for r in points],
                    label=method)
         for r in points:
-            ax.annotate(r["setting"], (r["attack_mse"], r["accuracy"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            x, y = r["attack_mse"], r["accuracy"]
+            near = sum(abs(x - px) < 0.12 * span_x and abs(y - py) < 0.04 * span_y
+                       for px, py in placed)
+            placed.append((x, y))
+            ax.annotate(r["setting"], (x, y), fontsize=7, textcoords="offset points",
+                        xytext=(3, 3) if not near else (14, -12 * near),
+                        arrowprops=dict(arrowstyle="-", lw=0.4, color="gray") if near else None)
     ax.set_xlabel("attack MSE (worst case over attacker decoders; higher = more private)")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
