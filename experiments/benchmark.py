@@ -36,7 +36,6 @@ from absl import app, flags
 
 from experiments import common
 from ressfl_jax import optim
-from ressfl_jax.flops import compiled_flops
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.state import TrainState, create_sfl_state
@@ -85,29 +84,31 @@ def matmul_peak(dtype="float32") -> float:
     return 2 * n ** 3 / min(times) / 1e9
 
 
-def cpu_flops(fn, *args) -> float:
-    """XLA's FLOP count of ``fn(*args)`` compiled for the CPU, whatever the default backend.
+def lowered_flops(fn, *args) -> float:
+    """XLA's FLOP count of ``fn(*args)`` from the lowered, not yet compiled, program.
 
-    On a GPU, convolutions compile to cuDNN custom calls that XLA's cost analysis counts as
-    zero FLOPs; the CPU program's count is the arithmetic of the same step.
+    Needs no compilation (about a second for a full VGG step) and counts the program as
+    written, so it is the same on every backend: on a GPU the compiled program's count would
+    miss every convolution (cuDNN custom calls count as 0 FLOPs).
     """
-    cpu = jax.devices("cpu")[0]
-    with jax.default_device(cpu):
-        return compiled_flops(fn, *jax.device_put(args, cpu))
+    fn = fn if hasattr(fn, "lower") else jax.jit(fn)
+    cost = fn.lower(*args).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
 
 
 def setting_flops(step: str, k: int, scheme: str, conv_impl: str = "im2col") -> float:
-    """FLOPs of one timed call of a setting: its arithmetic, counted by XLA on the CPU.
+    """FLOPs of one timed call of a setting: its arithmetic, as XLA counts it before compiling.
 
     With ``conv_impl="im2col"`` every conv is a matmul, whose FLOPs XLA counts exactly
-    (2*M*N*K); the benchmark's FLOP/s on an accelerator use this count (cuDNN convs count 0
-    there). The vanilla step's work is linear in K (K client batches, one server batch of K*B),
-    so it is counted at K=1 and scaled, which keeps a K=100 program off the CPU compiler.
+    (2*M*N*K); XLA's count of its own convolution ops misses part of the backward pass. The
+    benchmark's FLOP/s on an accelerator use this count. The vanilla step's work is linear in K
+    (K client batches, one server batch of K*B), so it is counted at K=1 and scaled.
     """
     fn, args, _, flops = build(step, 1 if step == "vanilla" else k, scheme, conv_impl)
     if flops is not None:  # the attack's call: counted per decoder step by ``build``
         return flops
-    return (k if step == "vanilla" else 1) * cpu_flops(fn, *args)
+    return (k if step == "vanilla" else 1) * lowered_flops(fn, *args)
 
 
 def _dtype():
@@ -152,7 +153,7 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
             return jax.lax.scan(lambda s, xy: one(s, *xy), state, (x, y))[0]
 
         # XLA's cost analysis counts a scan body once, so count one decoder step, times 10.
-        flops = 10 * cpu_flops(lambda s, x, y: one(s, x, y)[0], state, x[0], y[0])
+        flops = 10 * lowered_flops(lambda s, x, y: one(s, x, y)[0], state, x[0], y[0])
         return jax.jit(call, donate_argnums=0), (state, x, y), 10 * 32, flops
     state = create_sfl_state(jax.random.key(0), model, client_tx=tx, server_tx=tx,
                              num_clients=k)
