@@ -51,7 +51,7 @@ def settings_from(config, num_clients: int) -> protocol.AttackSettings:
 
 
 def attacked_steps(config) -> list[tuple[str, int | None]]:
-    """[(which, step)] to attack: one checkpoint, or every saved one for step='all'."""
+    """[(which, step)] to attack: one checkpoint, a listed few, or every saved one ('all')."""
     if config.which not in (checkpoints.BEST, checkpoints.LAST):
         raise ValueError(f"which must be 'best' or 'last', got {config.which!r}.")
     step = str(config.step).strip()
@@ -59,19 +59,11 @@ def attacked_steps(config) -> list[tuple[str, int | None]]:
         directory = expert.resolve_dir(config.checkpoint, checkpoints.LAST)
         manager = checkpoints.make_manager(directory, max_to_keep=None)
         return [(checkpoints.LAST, s) for s in sorted(manager.all_steps())]
-    if "," in step:  # A list of saved steps, e.g. '10,20': the checkpoints kept of the loop.
-        return [pair for s in step.split(",") if s.strip()
-                for pair in attacked_steps(_with_step(config, s.strip()))]
-    if step and not step.isdigit():
+    steps = [s.strip() for s in step.split(",") if s.strip()]  # '10,20': those saved steps
+    if not all(s.isdigit() for s in steps):
         raise ValueError(f"step must be '', 'all', a saved step number or a comma-separated "
                          f"list of them (e.g. '10,20'); got {step!r}.")
-    return [(config.which, int(step) if step else None)]
-
-
-def _with_step(config, step: str):
-    config = config.copy_and_resolve_references()
-    config.step = step
-    return config
+    return [(config.which, int(s)) for s in steps] or [(config.which, None)]
 
 
 def load_targets(config, dataset):

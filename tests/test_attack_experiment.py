@@ -58,6 +58,7 @@ def test_attacked_steps_takes_a_list_of_saved_steps(smoke_expert):
         attack.attacked_steps(smoke(smoke_expert, step="1,x"))
 
 
+@pytest.mark.slow
 def test_attack_every_saved_step(smoke_expert, tmp_path):
     summary = attack.run(smoke(smoke_expert, step="all"), str(tmp_path))
     # last/ keeps epoch 0 (the initial model, after phase 0) and the 2 newest epochs.
