@@ -84,17 +84,8 @@ for run in expert vanilla; do
   echo "== $run: test accuracy per epoch; attack MSE/SSIM per kept epoch"
   grep -h "test accuracy" "$OUT/$run.log" | tr '\r' '\n' | grep -o "epoch [0-9]*: test accuracy [0-9.]*" | tr '\n' ';'
   echo
-  for f in "$OUT/attack_$run"/steps/*.json; do
-    [ -f "$f" ] && $PY -c "import json, sys; r = json.load(open(sys.argv[1])); w = r['worst_case']
-print(sys.argv[1].split('/')[-1], 'acc %.4f mse %.4f ssim %.3f psnr %.2f (%.0f s)' % (
-    r['accuracy'], w['mse'], w['ssim'], w['psnr'], r['seconds']))" "$f"
-  done
+  print_attacks "$OUT/attack_$run"
 done
 for b in bench bench_lite_attack bench_bf16; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
-# At most 8 files come back from the device tool: pack the logs, JSON, tables and PNG grids
-# (not the checkpoints) into one archive, and leave only it and the devices log in $OUT.
-(cd "$OUT" && find . \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.md' \
-  -o -name '*.png' \) -print0 | tar -czf ../device_check_results.tgz --null -T -)
-find "$OUT" -mindepth 1 -maxdepth 1 ! -name devices.log -exec rm -rf {} +
-mv "$OUT/../device_check_results.tgz" "$OUT/results.tgz"
+pack_results devices.log
 ls -la "$OUT"

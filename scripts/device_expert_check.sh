@@ -67,13 +67,6 @@ for r in rows[:: max(1, len(rows) // 8)] + rows[-1:]:
         r["step"], r.get("epoch"), r["train/inversion_ssim"], r["train/inversion_mse"],
         r["train/ce_loss"]))
 EOF
-  for f in "$OUT/attack_$run"/steps/*.json; do
-    [ -f "$f" ] && $PY -c "import json, sys; r = json.load(open(sys.argv[1])); w = r['worst_case']
-print('  fresh attack', sys.argv[1].split('/')[-1], 'acc %.4f mse %.4f ssim %.3f psnr %.2f' % (
-    r['accuracy'], w['mse'], w['ssim'], w['psnr']))" "$f"
-  done
+  print_attacks "$OUT/attack_$run" "  fresh attack "
 done
-(cd "$OUT" && find . \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.png' \) \
-  -print0 | tar -czf ../device_expert_check.tgz --null -T -)
-find "$OUT" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-mv "$OUT/../device_expert_check.tgz" "$OUT/results.tgz"
+pack_results
