@@ -36,6 +36,7 @@ from absl import app, flags
 
 from experiments import common
 from ressfl_jax import optim
+from ressfl_jax.flops import lowered_flops
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.state import TrainState, create_sfl_state
@@ -82,19 +83,6 @@ def matmul_peak(dtype="float32") -> float:
         jax.block_until_ready(f(a))
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / min(times) / 1e9
-
-
-def lowered_flops(fn, *args) -> float:
-    """XLA's FLOP count of ``fn(*args)`` from the lowered, not yet compiled, program.
-
-    Needs no compilation (about a second for a full VGG step) and counts the program as
-    written, so it is the same on every backend: on a GPU the compiled program's count would
-    miss every convolution (cuDNN custom calls count as 0 FLOPs).
-    """
-    fn = fn if hasattr(fn, "lower") else jax.jit(fn)
-    cost = fn.lower(*args).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0))
 
 
 def setting_flops(step: str, k: int, scheme: str, conv_impl: str = "im2col") -> float:

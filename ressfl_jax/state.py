@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from ressfl_jax import federated
+from ressfl_jax import federated, rng
 from ressfl_jax.models import SplitModel
 
 
@@ -89,7 +89,8 @@ def create_sfl_state(key, model: SplitModel, *, client_tx: optax.GradientTransfo
                         clients=federated.replicate(client, num_clients), server=server)
 
     # One compiled program initialises everything (op-by-op init compiles each random op).
-    return jax.jit(create)(key)
+    with rng.unpartitioned():
+        return jax.jit(create)(key)
 
 
 def sync_clients(state: SFLState, *, sync_decoders: bool = False) -> SFLState:

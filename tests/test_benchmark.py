@@ -5,7 +5,7 @@ import json
 from absl import flags
 
 from experiments import benchmark
-from ressfl_jax.flops import compiled_flops
+from ressfl_jax.flops import compiled_flops, lowered_flops
 
 
 def test_benchmark_writes_every_setting(tmp_path):
@@ -27,7 +27,7 @@ def test_benchmark_writes_every_setting(tmp_path):
         # K. The scaling must match the K=2 program's own count (lowering only, no compile).
         scaled = benchmark.setting_flops("vanilla", 2, "parallel")
         fn2, args2, _, _ = benchmark.build("vanilla", 2, "parallel", "im2col")
-        direct = benchmark.lowered_flops(fn2, *args2)
+        direct = lowered_flops(fn2, *args2)
         lite_samples = benchmark.build("lite", 2, "parallel")[2]
     finally:
         flags.FLAGS.unparse_flags()

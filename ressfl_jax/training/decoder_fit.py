@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ressfl_jax import losses
+from ressfl_jax import losses, rng
 from ressfl_jax.state import TrainState
 
 SELECTIONS = ("best_batch", "val_mean")
@@ -257,8 +257,9 @@ def fit_decoders(keys, decoder, features, targets, settings: FitSettings = FitSe
     train_idx, val_idx = split_indices(features.shape[0], settings.val_fraction,
                                        settings.split_seed)
     fit_all = _fit_program(decoder, settings, len(train_idx), len(val_idx))
-    best, history = fit_all(keys, init_variables, features[train_idx], targets[train_idx],
-                            features[val_idx], targets[val_idx])
+    with rng.unpartitioned():  # One single-device program: its init and shuffles.
+        best, history = fit_all(keys, init_variables, features[train_idx], targets[train_idx],
+                                features[val_idx], targets[val_idx])
     best, history = jax.device_get((best, history))
     info = {"best_val_loss": [float(x) for x in best["loss"]],
             "train_loss": [[float(x) for x in row] for row in history["train_loss"]],

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ressfl_jax import federated, losses, optim
+from ressfl_jax import federated, losses, optim, rng
 from ressfl_jax.state import SFLState, TrainState
 from ressfl_jax.training import decoder_fit, sfl
 
@@ -42,7 +42,8 @@ def create_decoders(key, decoder, *, num_clients: int, feature_shape, tx) -> Tra
                                   batch_stats=variables.get("batch_stats", {}))
         return federated.replicate(state, num_clients)
 
-    return jax.jit(create)(key)
+    with rng.unpartitioned():
+        return jax.jit(create)(key)
 
 
 def _decoder_apply(decoder, dec: TrainState, params, features, *, train: bool):
