@@ -20,7 +20,7 @@ def _run(args, devices_per_process: int, **popen):
              + f" --xla_force_host_platform_device_count={devices_per_process}").strip()
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     # This test run's persistent compilation cache (tests/conftest.py): a program that one run
-    # compiled (e.g. the single-device run's, which both tests make) is loaded by the next.
+    # compiled (e.g. the data and evaluation programs every run makes) is loaded by the next.
     env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(
                    jax.config.jax_persistent_cache_min_compile_time_secs),
@@ -60,23 +60,29 @@ def _assert_same_run(a, b):
                                    rtol=1e-3, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory):
+    """The one-device, one-process run that both tests compare against (made once)."""
+    single = str(tmp_path_factory.mktemp("single"))
+    _finish(_run([single, 1], 1))
+    return single
+
+
 @pytest.mark.slow
-def test_clients_sharded_over_4_devices_equal_one_device(tmp_path):
-    one, four = str(tmp_path / "one"), str(tmp_path / "four")
-    out = _finish(_run([one, 1], 4))
+def test_clients_sharded_over_4_devices_equal_one_device(tmp_path, single_device_run):
+    four = str(tmp_path / "four")
+    out = _finish(_run([four, -1], 4))
     assert "devices 4" in out
-    _finish(_run([four, -1], 4))
-    _assert_same_run(one, four)
+    _assert_same_run(single_device_run, four)
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
+def test_two_processes_equal_one_process(tmp_path, single_device_run):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+    multi = str(tmp_path / "multi")
     procs = [_run([multi, -1, i, 2, port], 2) for i in range(2)]
     outs = [_finish(p) for p in procs]
     assert all("devices 4" in o for o in outs)
-    _finish(_run([single, 1], 1))
-    _assert_same_run(single, multi)
+    _assert_same_run(single_device_run, multi)
