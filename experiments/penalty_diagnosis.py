@@ -26,7 +26,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from experiments import attack, common
@@ -36,15 +35,20 @@ from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.training import sfl
 
 MODES = ("train", "eval")
-
-flags.DEFINE_string("checkpoint", "", "Run WORKDIR of an attacker-aware run.")
-flags.DEFINE_string("which", "last", "'best' or 'last' checkpoint.")
-flags.DEFINE_integer("step", None, "A saved step (epoch); default the latest.")
-flags.DEFINE_integer("num_images", 2000, "Held-out test images scored (whole batches).")
-flags.DEFINE_integer("batch_size", 0, "Batch size of the train-mode statistics; 0 = the run's.")
-flags.DEFINE_string("data_dir", "", "New location of the run's dataset, if it moved.")
-flags.DEFINE_string("out", "", "Output directory; default CHECKPOINT/penalty_diagnosis.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (absl flags are global: the
+    tests import this module beside experiments.benchmark, which has its own --batch_size)."""
+    flags.DEFINE_string("checkpoint", "", "Run WORKDIR of an attacker-aware run.")
+    flags.DEFINE_string("which", "last", "'best' or 'last' checkpoint.")
+    flags.DEFINE_integer("step", None, "A saved step (epoch); default the latest.")
+    flags.DEFINE_integer("num_images", 2000, "Held-out test images scored (whole batches).")
+    flags.DEFINE_integer("batch_size", 0,
+                         "Batch size of the train-mode statistics; 0 = the run's.")
+    flags.DEFINE_string("data_dir", "", "New location of the run's dataset, if it moved.")
+    flags.DEFINE_string("out", "", "Output directory; default CHECKPOINT/penalty_diagnosis.")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -133,4 +137,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
