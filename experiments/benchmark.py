@@ -36,7 +36,7 @@ from absl import app, flags
 
 from experiments import common
 from ressfl_jax import optim
-from ressfl_jax.flops import lowered_flops
+from ressfl_jax.flops import cost_flops, lowered_flops
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.state import TrainState, create_sfl_state
@@ -181,9 +181,7 @@ def measure(settings, peak):
         if jax.default_backend() != "cpu":
             flops = setting_flops(step, k, scheme)
         elif flops is None:
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-            flops = float(cost.get("flops", 0.0))
+            flops = cost_flops(compiled.cost_analysis())
         mem = compiled.memory_analysis()
         peak_bytes = None if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                                + mem.output_size_in_bytes)

@@ -88,8 +88,7 @@ def diagnose(checkpoint: str, *, which: str = "last", step: int | None = None,
     batches = jnp.asarray(images.reshape((nb, batch_size) + images.shape[1:]))
     decoder = build_decoder(attacker["decoder"], feature_shape=client.feature_shape,
                             image_shape=client.image_shape,
-                            conv_impl=client.meta.get("config", {}).get("model", {}).get(
-                                "conv_impl", "auto"))
+                            conv_impl=config.model.get("conv_impl", "auto"))
     rows = []
     for client_mode in MODES:
         for decoder_mode in MODES:
@@ -99,8 +98,7 @@ def diagnose(checkpoint: str, *, which: str = "last", step: int | None = None,
                          "ssim": float(ssim), "mse": float(mse)})
     return {"checkpoint": os.path.abspath(checkpoint), "which": which, "step": client.step,
             "decoder": attacker["decoder"], "threshold": attacker.get("threshold"),
-            "penalty_bn": client.meta.get("config", {}).get("attacker", {}).get(
-                "penalty_bn", "eval"),
+            "penalty_bn": config.attacker.get("penalty_bn", "eval"),
             "num_images": nb * batch_size, "batch_size": batch_size, "rows": rows}
 
 

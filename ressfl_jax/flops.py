@@ -22,7 +22,8 @@ from ressfl_jax import losses
 from ressfl_jax.training import sfl
 
 
-def _flops(cost) -> float:
+def cost_flops(cost) -> float:
+    """The FLOP count in a ``Lowered`` / ``Compiled`` program's ``cost_analysis()`` (0 if none)."""
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", 0.0))
 
@@ -35,13 +36,13 @@ def lowered_flops(fn, *args) -> float:
     miss every convolution (cuDNN custom calls count as 0 FLOPs).
     """
     fn = fn if hasattr(fn, "lower") else jax.jit(fn)
-    return _flops(fn.lower(*args).cost_analysis())
+    return cost_flops(fn.lower(*args).cost_analysis())
 
 
 def compiled_flops(fn, *args) -> float:
     """XLA's FLOP count of the compiled ``jax.jit(fn)(*args)`` (compiles; no execution)."""
     fn = fn if hasattr(fn, "lower") else jax.jit(fn)
-    return _flops(fn.lower(*args).compile().cost_analysis())
+    return cost_flops(fn.lower(*args).compile().cost_analysis())
 
 
 def client_step_flops(model, client_vars, *, batch_size: int, image_shape, decoder=None,
