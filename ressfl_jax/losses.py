@@ -42,19 +42,40 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     return g / g.sum()
 
 
+def filter_matrix(n: int, window: np.ndarray, padding: str) -> np.ndarray:
+    """The 1-D filter along an axis of length ``n`` as a matrix: ``out = M @ x``.
+
+    Row i holds the window centred on pixel i; taps that fall outside [0, n) are dropped, which
+    is exactly zero padding of ``len(window) // 2`` ('same', [n, n]). For 'valid' row i holds
+    the window starting at pixel i ([n - len(window) + 1, n]).
+    """
+    k = len(window)
+    if padding == "same":
+        rows, offset = n, -(k // 2)
+    else:
+        rows, offset = n - k + 1, 0
+    if rows < 1:
+        raise ValueError(f"SSIM window of {k} taps does not fit an image side of {n} with "
+                         f"padding {padding!r}; use padding='same' or larger images.")
+    m = np.zeros((rows, n))
+    for i in range(rows):
+        for t in range(k):
+            if 0 <= i + t + offset < n:
+                m[i, i + t + offset] = window[t]
+    return m
+
+
 def _filter(x, window, padding: str):
-    """Separable depthwise Gaussian filter of [B, H, W, C]; zero padding for 'same'."""
-    channels = x.shape[-1]
-    taps = jnp.asarray(window, jnp.float32)
-    pad = [(len(window) // 2,) * 2] * 2 if padding == "same" else [(0, 0), (0, 0)]
-    for axis, kernel_shape in ((0, (len(window), 1)), (1, (1, len(window)))):
-        kernel = jnp.tile(taps.reshape(kernel_shape + (1, 1)), (1, 1, 1, channels))  # HWIO
-        x = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding=[pad[axis] if a == axis else (0, 0)
-                                                       for a in range(2)],
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
-            precision=jax.lax.Precision.HIGHEST)
-    return x
+    """Separable Gaussian filter of [B, H, W, C] per channel; zero padding for 'same'.
+
+    Written as two small matmuls with banded (Toeplitz) matrices instead of depthwise
+    convolutions: the same sums (float32, HIGHEST precision), but XLA-CPU's depthwise
+    convolution made SSIM's value-and-gradient at [128, 32, 32, 3] ~40x slower (BENCHMARKS.md).
+    """
+    along_h = jnp.asarray(filter_matrix(x.shape[1], window, padding), jnp.float32)
+    along_w = jnp.asarray(filter_matrix(x.shape[2], window, padding), jnp.float32)
+    x = jnp.einsum("ik,bkwc->biwc", along_h, x, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("jk,bikc->bijc", along_w, x, precision=jax.lax.Precision.HIGHEST)
 
 
 def ssim_map(x, y, *, padding: str = "same", window_size: int = 11, sigma: float = 1.5):

@@ -24,8 +24,8 @@ def numpy_ssim_map(x, y, padding):
                 out[i, j] = np.sum(img[i:i + 11, j:j + 11] * window)
         return out
 
-    maps = np.zeros(x.shape[:1] + (x.shape[1] - (0 if padding == "same" else 10),) * 2
-                    + x.shape[3:])
+    crop = 0 if padding == "same" else 10
+    maps = np.zeros((x.shape[0], x.shape[1] - crop, x.shape[2] - crop, x.shape[3]))
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     for b in range(x.shape[0]):
         for c in range(x.shape[3]):
@@ -57,6 +57,26 @@ def test_ssim_matches_float64_numpy(images, padding):
     np.testing.assert_allclose(float(losses.ssim(x, y, padding=padding)), want.mean(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(losses.ssim_per_image(x, y, padding=padding)),
                                want.mean(axis=(1, 2, 3)), atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_ssim_of_non_square_images_matches_float64_numpy(padding):
+    # H != W: the two filter matrices must act on their own axes.
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(1, 12, 17, 2)).astype(np.float32)
+    y = np.clip(0.6 * x + 0.4 * rng.uniform(size=x.shape), 0, 1).astype(np.float32)
+    got = np.asarray(losses.ssim_map(jnp.asarray(x), jnp.asarray(y), padding=padding))
+    np.testing.assert_allclose(got, numpy_ssim_map(x, y, padding), atol=1e-5)
+
+
+def test_filter_matrix_is_zero_padded_correlation():
+    window = np.array([0.25, 0.5, 0.25])
+    np.testing.assert_array_equal(losses.filter_matrix(4, window, "same"), [
+        [0.5, 0.25, 0, 0], [0.25, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.25], [0, 0, 0.25, 0.5]])
+    np.testing.assert_array_equal(losses.filter_matrix(4, window, "valid"), [
+        [0.25, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.25]])
+    with pytest.raises(ValueError, match="side of 8"):
+        losses.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)), padding="valid")
 
 
 def test_valid_ssim_matches_scikit_image(images):
