@@ -225,3 +225,21 @@ def test_max_pool_2x2_matches_flax_values_and_gradient(shape):
     grad = jax.grad(lambda x: jnp.sum(jnp.sin(layers.max_pool_2x2(x))))(x)
     want_grad = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2)))))(x)
     np.testing.assert_array_equal(grad, want_grad)
+
+
+@pytest.mark.parametrize("ksize,strides,padded", [((3, 3), (1, 1), (7, 8)), ((3, 3), (2, 2), (8, 9)),
+                                                   ((2, 3), (2, 1), (7, 6))])
+def test_tap_window_sum_gradient_is_autodiffs(ksize, strides, padded):
+    # The output-side conv's written-out VJP equals autodiff of the plain sum of tap windows.
+    z = jax.random.normal(KEY(3), (2,) + padded + (ksize[0] * ksize[1], 3))
+
+    def plain(z):
+        windows = layers._shifted_slices(z, ksize, strides)
+        return sum(w[..., t, :] for t, w in enumerate(windows))
+
+    y = layers._sum_tap_windows(z, ksize, strides)
+    np.testing.assert_allclose(y, plain(z), rtol=1e-6, atol=1e-6)
+    dy = jax.random.normal(KEY(4), y.shape)
+    got = jax.vjp(lambda z: layers._sum_tap_windows(z, ksize, strides), z)[1](dy)
+    want = jax.vjp(plain, z)[1](dy)
+    np.testing.assert_array_equal(got[0], want[0])
