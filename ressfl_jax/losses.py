@@ -15,6 +15,8 @@ The SSIM is the batch mean, one scalar per batch (spec §11.1.6): below tau the 
 batch exactly zero adversarial gradient.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,15 +67,13 @@ def filter_matrix(n: int, window: np.ndarray, padding: str) -> np.ndarray:
     return m
 
 
-def _filter(x, window, padding: str):
-    """Separable Gaussian filter of [B, H, W, C] per channel; zero padding for 'same'.
+def _filter(x, along_h, along_w):
+    """Separable Gaussian filter of [B, H, W, C] per channel, given ``filter_matrix`` for H and W.
 
     Written as two small matmuls with banded (Toeplitz) matrices instead of depthwise
     convolutions: the same sums (float32, HIGHEST precision), but XLA-CPU's depthwise
     convolution made SSIM's value-and-gradient at [128, 32, 32, 3] ~40x slower (BENCHMARKS.md).
     """
-    along_h = jnp.asarray(filter_matrix(x.shape[1], window, padding), jnp.float32)
-    along_w = jnp.asarray(filter_matrix(x.shape[2], window, padding), jnp.float32)
     x = jnp.einsum("ik,bkwc->biwc", along_h, x, precision=jax.lax.Precision.HIGHEST)
     return jnp.einsum("jk,bikc->bijc", along_w, x, precision=jax.lax.Precision.HIGHEST)
 
@@ -96,10 +96,13 @@ def ssim_map(x, y, *, padding: str = "same", window_size: int = 11, sigma: float
                          f"{y.shape}.")
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     window = gaussian_window(window_size, sigma)
-    mu_x, mu_y = _filter(x, window, padding), _filter(y, window, padding)
-    sigma_xx = _filter(x * x, window, padding) - mu_x * mu_x
-    sigma_yy = _filter(y * y, window, padding) - mu_y * mu_y
-    sigma_xy = _filter(x * y, window, padding) - mu_x * mu_y
+    along_h, along_w = (jnp.asarray(filter_matrix(n, window, padding), jnp.float32)
+                        for n in x.shape[1:3])
+    blur = functools.partial(_filter, along_h=along_h, along_w=along_w)
+    mu_x, mu_y = blur(x), blur(y)
+    sigma_xx = blur(x * x) - mu_x * mu_x
+    sigma_yy = blur(y * y) - mu_y * mu_y
+    sigma_xy = blur(x * y) - mu_x * mu_y
     numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * sigma_xy + SSIM_C2)
     denominator = (mu_x ** 2 + mu_y ** 2 + SSIM_C1) * (sigma_xx + sigma_yy + SSIM_C2)
     return numerator / denominator
