@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments import common
+from experiments import common, profiling
 from ressfl_jax import optim
 from ressfl_jax.flops import cost_flops, lowered_flops
 from ressfl_jax.models import build_split_model, feature_shape
@@ -60,9 +60,14 @@ _THREADS = flags.DEFINE_integer("threads", 2, "torch threads.")
 _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"],
                                   "Where the reference runs: cpu (.cuda() neutralised) or cuda.")
 _OUT = flags.DEFINE_string("out", "", "Output directory for benchmark.json / benchmark.md.")
+_PROFILE = flags.DEFINE_integer("profile_calls", 0,
+                                "After timing, trace this many calls of each setting with "
+                                "jax.profiler (first block only) and write the top ops per "
+                                "setting to --out/profile.md (0: no profile).")
 
 # Our setting -> the torch harness's configuration of the same work.
 TORCH_NAMES = {("vanilla", 1): "vanilla_k1", ("vanilla", 10): "vanilla_k10",
+               ("vanilla", 100): "vanilla_k100",
                ("expert", 1): "expert_hinge_active", ("lite", 2): "lite_k2",
                ("attack_res_normN4C64", 1): "attack_res_normN4C64",
                ("attack_conv_normN0C16", 1): "attack_conv_normN0C16"}
@@ -170,8 +175,8 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
     return jax.jit(call, donate_argnums=0), (state, batch, key), rounds * k * b, None
 
 
-def measure(settings, peak):
-    """Compiles every setting, then times them round-robin; returns result dicts."""
+def measure(settings, peak, profile_calls=0):
+    """Compiles every setting, times them round-robin, optionally profiles; returns results."""
     prepared = []
     for step, k, scheme in settings:
         fn, args, samples, flops = build(step, k, scheme)
@@ -196,8 +201,16 @@ def measure(settings, peak):
             start = time.perf_counter()
             p["args"] = (jax.block_until_ready(p["compiled"](*p["args"])),) + p["args"][1:]
             p["times"].append(time.perf_counter() - start)
-    return [{k: p[k] for k in ("step", "num_clients", "scheme", "compile_s", "flops",
-                               "memory_bytes", "times", "samples")} for p in prepared]
+    if profile_calls:  # After the timing, so that tracing cannot disturb it.
+        for p in prepared:
+            trace_dir = os.path.join(_OUT.value or ".", "profile",
+                                     f"{p['step']}_k{p['num_clients']}_{p['scheme']}")
+            rows, wall_s, p["args"] = profiling.profile_calls(
+                p["compiled"], p["args"], calls=profile_calls, trace_dir=trace_dir)
+            p["profile"] = profiling.markdown(rows, calls=profile_calls, wall_s=wall_s)
+    keys = ("step", "num_clients", "scheme", "compile_s", "flops", "memory_bytes", "times",
+            "samples", "profile")
+    return [{k: p[k] for k in keys if k in p} for p in prepared]
 
 
 def summarise(result: dict, peak: float) -> dict:
@@ -235,8 +248,10 @@ def main(argv):
     blocks = _BLOCKS.value if _TORCH.value else 1
     ours, theirs = [], {}
     names = sorted({TORCH_NAMES[(s, k)] for s, k, _ in settings if (s, k) in TORCH_NAMES})
-    for _ in range(blocks):  # Alternate ours and theirs so machine noise hits both alike.
-        ours.append(measure(settings, peak))
+    for block in range(blocks):  # Alternate ours and theirs: machine noise hits both alike.
+        ours.append(measure(settings, peak, _PROFILE.value if block == 0 else 0))
+        if block == 0 and _PROFILE.value:
+            _write_profiles(ours[0], device)
         _report(ours, theirs, device, peak)  # Ours are kept even if the reference fails.
         if _TORCH.value and names:
             try:
@@ -248,6 +263,16 @@ def main(argv):
             for name, r in block.items():
                 theirs.setdefault(name, []).extend(r["step_s"])
     print(_report(ours, theirs, device, peak))
+
+
+def _write_profiles(results, device):
+    """Writes each profiled setting's top-ops table to --out/profile.md (and prints it)."""
+    text = "\n\n".join(f"### {r['step']}, K={r['num_clients']}, {r['scheme']} ({device}, "
+                        f"{_DTYPE.value})\n\n{r['profile']}" for r in results if "profile" in r)
+    print(text)
+    os.makedirs(_OUT.value or ".", exist_ok=True)
+    with open(os.path.join(_OUT.value or ".", "profile.md"), "w") as f:
+        f.write(text + "\n")
 
 
 def _report(ours, theirs, device, peak) -> str:

@@ -87,6 +87,7 @@ CONFIGS = {c.name: c for c in (
            ssim_threshold=0.5, decoder="conv_normN0C16", interval=5, local_lr=0.005,
            batches_per_call=5),
     Config("vanilla_k10", num_clients=10),
+    Config("vanilla_k100", num_clients=100),  # the reference's loop over 100 clients
     Config("attack_res_normN4C64", kind="attack", batch_size=32, decoder="res_normN4C64",
            batches_per_call=10),
     Config("attack_conv_normN0C16", kind="attack", batch_size=32, decoder="conv_normN0C16",

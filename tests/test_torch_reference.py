@@ -31,7 +31,8 @@ def test_imports_are_stdlib_at_top_level_and_never_jax():
 
 def test_config_table():
     assert list(tr.CONFIGS) == ["vanilla_k1", "expert", "expert_hinge_active", "lite_k2",
-                                "vanilla_k10", "attack_res_normN4C64", "attack_conv_normN0C16"]
+                                "vanilla_k10", "vanilla_k100", "attack_res_normN4C64",
+                                "attack_conv_normN0C16"]
     expert, active = tr.CONFIGS["expert"], tr.CONFIGS["expert_hinge_active"]
     assert (expert.regularization, expert.strength, expert.decoder, expert.interval) == (
         "gan_adv_step1", 0.3, "res_normN4C64", 1)
@@ -41,6 +42,7 @@ def test_config_table():
         2, "conv_normN0C16", 5, 0.005, 0.05)
     assert lite.steps_per_call == 10  # a full interval cycle of 5 batch indices x 2 clients
     assert tr.CONFIGS["vanilla_k10"].steps_per_call == 10  # one round
+    assert tr.CONFIGS["vanilla_k100"].steps_per_call == 100
     assert tr.CONFIGS["vanilla_k1"].steps_per_call == 1
     for name in ("attack_res_normN4C64", "attack_conv_normN0C16"):
         config = tr.CONFIGS[name]
