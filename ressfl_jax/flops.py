@@ -28,15 +28,24 @@ def cost_flops(cost) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def _abstract_on_cpu(args):
+    """``args`` as shape/dtype structs placed on the host CPU device (nothing is copied)."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), a.dtype, sharding=cpu)
+                        if hasattr(a, "dtype") else a, args)
+
+
 def lowered_flops(fn, *args) -> float:
     """XLA's FLOP count of ``fn(*args)`` from the lowered, not yet compiled, program.
 
     Needs no compilation (about a second for a full VGG step) and counts the program as
     written, so it is the same on every backend: on a GPU the compiled program's count would
-    miss every convolution (cuDNN custom calls count as 0 FLOPs).
+    miss every convolution (cuDNN custom calls count as 0 FLOPs). The program is lowered for
+    the host CPU whatever the default backend: on a GPU, jax 0.11's ``Lowered.cost_analysis()``
+    returns None (the CUDA plugin has no cost analysis; measured on an H100, 2026-11-26).
     """
     fn = fn if hasattr(fn, "lower") else jax.jit(fn)
-    return cost_flops(fn.lower(*args).cost_analysis())
+    return cost_flops(fn.lower(*_abstract_on_cpu(args)).cost_analysis())
 
 
 def compiled_flops(fn, *args) -> float:
@@ -99,5 +108,6 @@ def client_step_flops(model, client_vars, *, batch_size: int, image_shape, decod
     aware = (lowered_flops(with_penalty, params, decoder_vars, images)
              + lowered_flops(decoder_update, params, decoder_vars, images)
              * decoder_steps / interval)
-    result.update(attacker_aware=aware, overhead=aware / result["vanilla"] - 1.0)
+    overhead = aware / result["vanilla"] - 1.0 if result["vanilla"] else float("nan")
+    result.update(attacker_aware=aware, overhead=overhead)
     return result

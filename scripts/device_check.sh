@@ -14,6 +14,8 @@
 #   3. The accuracy and privacy effect of bf16: the cpu preset's vanilla model and expert, each
 #      in float32 and bfloat16, all four trained side by side on ALL of Fashion-MNIST classes
 #      0-4, then the res_normN4C64 attack on each one's last epoch, side by side.
+# STAGES (default "bench bf16 train") picks stages; RUNS the models of stage 3 (default all four:
+# vanilla_float32 vanilla_bfloat16 expert_float32 expert_bfloat16).
 # DEVICE_CHECK_SMOKE=1 runs the same script with the smoke presets (a CPU test of the script).
 # Stage times seen on an H100 (2026-11-26 first check, results/h100_2026-11-26/): f32 bench of
 # vanilla K=1,10,100 + expert ~80 s for ours (K=100 compiles in 32 s), the reference's CUDA
@@ -49,7 +51,7 @@ else
   ATK="--config=experiments/configs/attack.py:cpu --config.decoders=res_normN4C64"
   ATK="$ATK --config.optimization.steps=0 --config.aux_max=0 --config.epochs=15"
   EPOCHS=10 TOTAL=${DEVICE_CHECK_SECONDS:-540}
-  T_BENCH1=230 T_BENCH2=110 T_TRAIN=200
+  T_BENCH1=230 T_BENCH2=${T_BENCH2:-110} T_TRAIN=200
 fi
 COMMON="--config.run.num_epochs=$EPOCHS --config.optim.milestones=($EPOCHS,)"
 COMMON="$COMMON --config.run.keep_epochs=($EPOCHS,) --config.run.keep_checkpoints=1"
@@ -57,16 +59,20 @@ COMMON="$COMMON --config.run.keep_epochs=($EPOCHS,) --config.run.keep_checkpoint
 set_deadline "$TOTAL"
 
 # 1-2. Throughput, alone on the GPU: ours and the reference's CUDA calls (f32), then bf16.
+STAGES=${STAGES:-bench bf16 train}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
 # shellcheck disable=SC2086  # The option strings are meant to split.
-stage bench "$(limit $T_BENCH1 300)" $PY -m experiments.benchmark $BENCH1 $TORCH --out="$OUT/bench"
+has bench && stage bench "$(limit $T_BENCH1 300)" $PY -m experiments.benchmark $BENCH1 $TORCH \
+  --out="$OUT/bench"
 # shellcheck disable=SC2086
-stage bench_bf16 "$(limit $T_BENCH2 190)" $PY -m experiments.benchmark $BENCH2 \
+has bf16 && stage bench_bf16 "$(limit $T_BENCH2 170)" $PY -m experiments.benchmark $BENCH2 \
   --out="$OUT/bench_bf16"
 
 # 3. Four models side by side on the GPU (each small enough to leave it mostly idle), then the
 #    attack on each one's last saved epoch, also side by side.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.2
-RUNS="vanilla_float32 vanilla_bfloat16 expert_float32 expert_bfloat16"
+RUNS=${RUNS:-vanilla_float32 vanilla_bfloat16 expert_float32 expert_bfloat16}
+has train || RUNS=""
 T=$(limit $T_TRAIN 75)
 for run in $RUNS; do
   main=experiments.pretrain
