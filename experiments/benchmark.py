@@ -190,7 +190,11 @@ def measure(settings, peak, profile_calls=0):
         mem = compiled.memory_analysis()
         peak_bytes = None if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                                + mem.output_size_in_bytes)
+        start = time.perf_counter()
         args = (jax.block_until_ready(compiled(*args)),) + args[1:]  # warm-up
+        # One line per setting as it goes: a run cut by a time limit still says where it was.
+        print(f"{step} K={k} {scheme}: compiled in {compile_s:.1f} s, first call "
+              f"{time.perf_counter() - start:.2f} s", flush=True)
         prepared.append(dict(step=step, num_clients=k, scheme=scheme, compiled=compiled,
                              args=args, samples=samples, compile_s=compile_s,
                              flops=flops,
