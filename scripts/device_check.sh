@@ -11,11 +11,18 @@
 #      attacker-aware round, the lite cycle; then a jax.profiler trace of 3 calls per setting
 #      (bench/profile.md: the top GPU ops, for the next speed work).
 #   2. bench_bf16/: the same steps with --dtype=bfloat16 (bf16 compute, f32 params).
+#      bf16diag_*: the bf16 expert program alone under XLA GPU flags that turn autotuners off
+#      (the 2026-11-26 checks: bf16 expert programs had not started after 80-130 s).
+#      bench_im2col/: vanilla K=1,100 and the expert with every conv as im2col + matmul (the
+#      K=100 profile showed vmapped client convs as 100 per-group cuDNN launches).
 #   3. The accuracy and privacy effect of bf16: the cpu preset's vanilla model and expert, each
 #      in float32 and bfloat16, all four trained side by side on ALL of Fashion-MNIST classes
 #      0-4, then the res_normN4C64 attack on each one's last epoch, side by side.
-# STAGES (default "bench bf16 train") picks stages; RUNS the models of stage 3 (default all four:
+# STAGES (default "bench bf16 bf16diag im2col train") picks stages; RUNS the models of stage 3 (default all four:
 # vanilla_float32 vanilla_bfloat16 expert_float32 expert_bfloat16).
+# All stages need more than one call (bench ~230 s, bf16 <= 110, bf16diag <= 4 x 60, im2col
+# ~120, train ~200): pick, e.g. STAGES="bf16diag im2col" first (the open questions of the
+# 2026-11-26 checks), then STAGES="bench train" in a second call if time is left.
 # DEVICE_CHECK_SMOKE=1 runs the same script with the smoke presets (a CPU test of the script).
 # Stage times seen on an H100 (2026-11-26 first check, results/h100_2026-11-26/): f32 bench of
 # vanilla K=1,10,100 + expert ~80 s for ours (K=100 compiles in 32 s), the reference's CUDA
@@ -35,6 +42,9 @@ TORCH=""
 if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   BENCH1="--steps=vanilla --num_clients=1 --width_mult=0.0625 --repeats=2 --profile_calls=1"
   BENCH2="--steps=vanilla --num_clients=2 --width_mult=0.0625 --repeats=2 --dtype=bfloat16"
+  DIAG="--steps=vanilla --num_clients=1 --width_mult=0.0625 --repeats=1 --dtype=bfloat16"
+  IM2COL="--steps=vanilla --num_clients=2 --width_mult=0.0625 --repeats=2 --conv_impl=im2col"
+  DIAG_FLAGS="--xla_cpu_use_thunk_runtime=true"
   PRE="--config=experiments/configs/pretrain.py:smoke"
   ATK="--config=experiments/configs/attack.py:smoke"
   EPOCHS=2 TOTAL=${DEVICE_CHECK_SECONDS:-900}
@@ -43,6 +53,10 @@ else
   BENCH1="--steps=vanilla,expert,lite --num_clients=1,10,100 --repeats=10 --blocks=1"
   BENCH1="$BENCH1 --profile_calls=3"
   BENCH2="--steps=vanilla,expert --num_clients=1,100 --repeats=10 --dtype=bfloat16"
+  DIAG="--steps=expert --num_clients=1 --repeats=5 --dtype=bfloat16"
+  IM2COL="--steps=vanilla,expert --num_clients=1,100 --repeats=10 --conv_impl=im2col"
+  DIAG_FLAGS="--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false"
+  DIAG_FLAGS="$DIAG_FLAGS --xla_gpu_experimental_enable_fusion_autotuner=false"
   if [ -f .carry/ResSFL/MIA_torch.py ]; then
     TORCH="--torch_reference=.carry/ResSFL --torch_python=$PY --torch_device=cuda"
   fi
@@ -59,7 +73,7 @@ COMMON="$COMMON --config.run.keep_epochs=($EPOCHS,) --config.run.keep_checkpoint
 set_deadline "$TOTAL"
 
 # 1-2. Throughput, alone on the GPU: ours and the reference's CUDA calls (f32), then bf16.
-STAGES=${STAGES:-bench bf16 train}
+STAGES=${STAGES:-bench bf16 bf16diag im2col train}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 # shellcheck disable=SC2086  # The option strings are meant to split.
 has bench && stage bench "$(limit $T_BENCH1 300)" $PY -m experiments.benchmark $BENCH1 $TORCH \
@@ -67,6 +81,22 @@ has bench && stage bench "$(limit $T_BENCH1 300)" $PY -m experiments.benchmark $
 # shellcheck disable=SC2086
 has bf16 && stage bench_bf16 "$(limit $T_BENCH2 170)" $PY -m experiments.benchmark $BENCH2 \
   --out="$OUT/bench_bf16"
+if has bf16diag; then
+  # One XLA flag at a time, each its own process: which autotuner (if any) makes bf16 slow.
+  for flag in none $DIAG_FLAGS; do
+    name=bf16diag_${flag#--}
+    name=${name%%=*}
+    xla_flags=${XLA_FLAGS:-}
+    [ "$flag" != none ] && xla_flags="$xla_flags $flag"
+    # shellcheck disable=SC2086
+    XLA_FLAGS=$xla_flags stage "$name" "$(limit 60 160)" $PY -m experiments.benchmark $DIAG \
+      --out="$OUT/$name"
+    grep -h "compiled in" "$OUT/$name.log"
+  done
+fi
+# shellcheck disable=SC2086
+has im2col && stage bench_im2col "$(limit 120 140)" $PY -m experiments.benchmark $IM2COL \
+  --out="$OUT/bench_im2col"
 
 # 3. Four models side by side on the GPU (each small enough to leave it mostly idle), then the
 #    attack on each one's last saved epoch, also side by side.
@@ -96,6 +126,6 @@ for run in $RUNS; do
   echo
   print_attacks "$OUT/attack_$run" "  "
 done
-for b in bench bench_bf16; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
+for b in bench bench_bf16 bench_im2col; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
 pack_results devices.log
 ls -la "$OUT"
