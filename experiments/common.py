@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import ressfl_jax
-from ressfl_jax import defenses, optim
+from ressfl_jax import defenses, host_memory, optim
 from ressfl_jax.data import load_dataset, partition
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.training import loop, sfl
@@ -228,6 +228,7 @@ def cli(run: Callable, *, name: str, report: Callable[[dict, str], None]) -> Non
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        host_memory.keep_freed_memory()  # Before JAX's first computation (see its docstring).
         if os.environ.get("RESSFL_DISTRIBUTED") == "1":
             jax.distributed.initialize()  # Cluster from the environment (SLURM, TPU pods).
         if not flags.FLAGS["verbosity"].present:

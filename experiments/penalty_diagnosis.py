@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import attack, common
-from ressfl_jax import augment, losses
+from ressfl_jax import augment, host_memory, losses
 from ressfl_jax.client_model import load_client_model
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.training import sfl
@@ -119,6 +119,7 @@ def table(result: dict) -> str:
 
 def main(argv):
     del argv
+    host_memory.keep_freed_memory()  # Before JAX's first computation (see its docstring).
     if not FLAGS.checkpoint:
         raise app.UsageError("Pass --checkpoint=RUN_WORKDIR (an attacker-aware run).")
     result = diagnose(FLAGS.checkpoint, which=FLAGS.which, step=FLAGS.step,
