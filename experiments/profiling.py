@@ -8,8 +8,9 @@ threaded through as in ``experiments.benchmark``) inside ``jax.profiler.trace`` 
 trace's complete events ("X" events with a duration) per op name. On an accelerator only the
 device's processes are counted (kernels, by HLO/kernel name); on CPU, where XLA's thunks and
 fusions run on host threads, every host event but the Python tracer's (``$file:line ...``) and
-the runtime's own wrappers (C++ names with ``::``, e.g. ``ThunkExecutor::Execute``) is. Ops that overlap (several GPU streams, CPU thunks
-inside a parent event) are each counted in full, so the totals can exceed the wall time.
+the runtime's own wrappers (C++ names with ``::``, e.g. ``ThunkExecutor::Execute``) is. Ops
+that overlap (several GPU streams, CPU thunks inside a parent event) are each counted in full,
+so the totals can exceed the wall time.
 """
 
 import collections
@@ -44,11 +45,12 @@ def op_times(trace_dir: str) -> list[dict]:
     for e in events:
         if e.get("ph") != "X" or "dur" not in e:
             continue
+        name = e.get("name", "?")
         if device_pids and e.get("pid") not in device_pids:
             continue
-        if not device_pids and (e.get("name", "").startswith("$") or "::" in e.get("name", "")):
+        if not device_pids and (name.startswith("$") or "::" in name):
             continue  # CPU: the Python tracer's frames and the runtime's wrappers
-        key = (e.get("name", "?"), processes.get(e.get("pid"), str(e.get("pid"))))
+        key = (name, processes.get(e.get("pid"), str(e.get("pid"))))
         totals[key][0] += float(e["dur"]) / 1e3  # trace durations are in microseconds
         totals[key][1] += 1
     rows = [{"name": name, "process": process, "total_ms": total, "count": count}

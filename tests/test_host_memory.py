@@ -9,10 +9,10 @@ import pytest
 from ressfl_jax import host_memory
 
 # A jitted call with a 64 MB temporary (a [8192, 8] x [8, 2048] f32 product, the input of a
-# second product; above glibc's 32 MB ceiling for serving blocks from the heap by default); prints the
-# minor page faults per call over 3 calls after a warm-up.
+# second product; above glibc's 32 MB ceiling for serving blocks from the heap by default);
+# prints the minor page faults per call over 3 calls after a warm-up.
 _PROBE = r"""
-import resource, sys
+import resource
 from ressfl_jax import host_memory
 applied = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
