@@ -13,7 +13,9 @@ its timed calls):
   ``attack_<decoder>``  the MI attacker's decoder training, batch 32; one call = 10 steps.
 Per setting: compile time, median seconds per call and its min-max over ``--repeats`` timed
 calls, img/s (client samples per second), XLA's FLOP count of one call, achieved GFLOP/s and its
-fraction of this device's measured f32 matmul peak, and XLA's memory estimate of the program.
+fraction of this device's measured f32 matmul peak, XLA's memory estimate of the program, and
+the host's minor page faults and kernel (system) seconds per call (medians; see
+``ressfl_jax/host_memory.py``).
 
 ``--torch_reference`` times the reference's own per-batch calls for the matching configurations
 (``experiments/torch_reference.py`` in ``.venv-torch``) in alternating blocks with ours, and
@@ -23,6 +25,7 @@ reports ours/theirs. Results go to ``--out``/benchmark.{json,md}.
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -199,12 +202,17 @@ def measure(settings, peak, profile_calls=0):
                              args=args, samples=samples, compile_s=compile_s,
                              flops=flops,
                              memory_bytes=peak_bytes,
-                             times=[]))
+                             times=[], minor_faults=[], system_s=[]))
     for _ in range(_REPEATS.value):
         for p in prepared:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             p["args"] = (jax.block_until_ready(p["compiled"](*p["args"])),) + p["args"][1:]
             p["times"].append(time.perf_counter() - start)
+            # Host page faults and kernel time of the call (ressfl_jax/host_memory.py).
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            p["minor_faults"].append(after.ru_minflt - usage.ru_minflt)
+            p["system_s"].append(after.ru_stime - usage.ru_stime)
     if profile_calls:  # After the timing, so that tracing cannot disturb it.
         for p in prepared:
             trace_dir = os.path.join(_OUT.value or ".", "profile",
@@ -213,7 +221,7 @@ def measure(settings, peak, profile_calls=0):
                 p["compiled"], p["args"], calls=profile_calls, trace_dir=trace_dir)
             p["profile"] = profiling.markdown(rows, calls=profile_calls, wall_s=wall_s)
     keys = ("step", "num_clients", "scheme", "compile_s", "flops", "memory_bytes", "times",
-            "samples", "profile")
+            "minor_faults", "system_s", "samples", "profile")
     return [{k: p[k] for k in keys if k in p} for p in prepared]
 
 
@@ -284,8 +292,9 @@ def _report(ours, theirs, device, peak) -> str:
     """Pools each setting's times over the blocks, adds the reference's ratio, writes --out."""
     results = []
     for blocks_of_one in zip(*ours):  # The same setting in every block: pool its times.
-        r = summarise(blocks_of_one[0] | {"times": [t for b in blocks_of_one
-                                                     for t in b["times"]]}, peak)
+        pooled = {key: [v for b in blocks_of_one for v in b[key]]
+                  for key in ("times", "minor_faults", "system_s")}
+        r = summarise(blocks_of_one[0] | pooled, peak)
         results.append(r)
         torch_name = TORCH_NAMES.get((r["step"], r["num_clients"]))
         if torch_name in theirs:
@@ -310,8 +319,9 @@ def _markdown(results, device, peak, dtype="float32") -> str:
     lines = [f"device: {device}; compute dtype {dtype}; measured {dtype} matmul peak "
              f"{peak:.0f} GFLOP/s",
              "", "| step | K | scheme | compile s | median s | min-max s | img/s | GFLOP/s | "
-             "% peak | memory MB | torch img/s | ours/torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "% peak | memory MB | page faults/call | system s/call | torch img/s | "
+             "ours/torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mem = "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 2 ** 20:.0f}"
         torch = (f"{r['torch_images_per_sec']:.0f} | {r['ratio_vs_torch']:.2f}"
@@ -320,7 +330,8 @@ def _markdown(results, device, peak, dtype="float32") -> str:
                      f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {min(r['times']):.3f}-"
                      f"{max(r['times']):.3f} | {r['images_per_sec']:.0f} | "
                      f"{r['gflops_per_sec']:.0f} | {100 * r['peak_fraction']:.0f} | {mem} | "
-                     f"{torch} |")
+                     f"{statistics.median(r['minor_faults']):.0f} | "
+                     f"{statistics.median(r['system_s']):.3f} | {torch} |")
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ def test_benchmark_writes_every_setting(tmp_path):
     assert got == [("vanilla", 1), ("vanilla", 2), ("attack_conv_normN0C16", 1)]
     for r in report["results"]:
         assert r["flops"] > 0 and r["images_per_sec"] > 0 and len(r["times"]) == 1
+        assert len(r["minor_faults"]) == len(r["system_s"]) == 1 and r["minor_faults"][0] >= 0
         assert "ratio_vs_torch" not in r  # no --torch_reference
     assert abs(scaled / direct - 1) < 0.02
     # One lite call is a whole interval cycle: 5 rounds x 2 clients x 4 images.
