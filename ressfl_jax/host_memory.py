@@ -12,8 +12,9 @@ glibc malloc options so that freed memory stays in the process and is reused by 
 one arena (``M_ARENA_MAX=1``: XLA's worker threads share the main heap instead of thread
 arenas, whose heaps glibc unmaps when they empty), no ``mmap`` for large blocks
 (``M_MMAP_MAX=0``) and no trimming of the heap's free top (``M_TRIM_THRESHOLD`` 2 GB). Then
-usually 0 faults per call, but not always: in one of three ``experiments.benchmark`` processes
-(vanilla then expert) the expert's calls still faulted 126,570 times (vanilla's 0). **Off by default, because it is a trade-off** (BENCHMARKS.md, "Host memory";
+usually 0 faults per call, but not always: in one of three ``experiments.benchmark``
+processes (vanilla then expert) the expert's calls still faulted 126,570 times (vanilla's 0).
+**Off by default, because it is a trade-off** (BENCHMARKS.md, "Host memory";
 `experiments.benchmark`, two alternating processes per setting, dev VM): vanilla round 1.16x
 and expert round 1.21x faster, the lite cycle 1.06x, but the attack's small decoder steps
 slower (res_normN4C64 0.89x, conv_normN0C16 0.66x), most likely the single arena's lock,
