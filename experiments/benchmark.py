@@ -19,7 +19,9 @@ the host's minor page faults and kernel (system) seconds per call (medians; see
 
 ``--torch_reference`` times the reference's own per-batch calls for the matching configurations
 (``experiments/torch_reference.py`` in ``.venv-torch``) in alternating blocks with ours, and
-reports ours/theirs. Results go to ``--out``/benchmark.{json,md}.
+reports ours/theirs. The reference's process inherits this one's host allocator (jemalloc where
+installed, see ``ressfl_jax/host_memory.py``; ``RESSFL_JEMALLOC=0`` runs both on glibc).
+Results go to ``--out``/benchmark.{json,md}.
 """
 
 import functools
@@ -302,12 +304,12 @@ def _report(ours, theirs, device, peak) -> str:
             batch = 32 if r["step"].startswith("attack_") else _BATCH.value
             r["torch_name"], r["torch_images_per_sec"] = torch_name, batch / per_step
             r["ratio_vs_torch"] = r["images_per_sec"] / r["torch_images_per_sec"]
-    table = _markdown(results, device, peak, _DTYPE.value)
+    table = _markdown(results, device, peak, _DTYPE.value, host_memory.allocator())
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
         with open(os.path.join(_OUT.value, "benchmark.json"), "w") as f:
             json.dump({"device": device, "dtype": _DTYPE.value,
-                       "keep_freed_memory": host_memory.keep_freed_memory(),
+                       "allocator": host_memory.allocator(),
                        "matmul_peak_gflops": peak, "argv": sys.argv,
                        "results": results}, f, indent=2)
         with open(os.path.join(_OUT.value, "benchmark.md"), "w") as f:
@@ -315,9 +317,9 @@ def _report(ours, theirs, device, peak) -> str:
     return table
 
 
-def _markdown(results, device, peak, dtype="float32") -> str:
+def _markdown(results, device, peak, dtype="float32", allocator="default") -> str:
     lines = [f"device: {device}; compute dtype {dtype}; measured {dtype} matmul peak "
-             f"{peak:.0f} GFLOP/s",
+             f"{peak:.0f} GFLOP/s; host allocator {allocator}",
              "", "| step | K | scheme | compile s | median s | min-max s | img/s | GFLOP/s | "
              "% peak | memory MB | page faults/call | system s/call | torch img/s | "
              "ours/torch |",
@@ -336,4 +338,5 @@ def _markdown(results, device, peak, dtype="float32") -> str:
 
 
 if __name__ == "__main__":
+    host_memory.use_jemalloc()  # Re-executes once with jemalloc where installed (docstring).
     app.run(main)

@@ -238,6 +238,7 @@ def cli(run: Callable, *, name: str, report: Callable[[dict, str], None]) -> Non
                                                      f"{name}_{config.preset or 'custom'}")
         report(run(config, workdir, resume=resume_flag.value), workdir)
 
+    host_memory.use_jemalloc()  # Re-executes once with jemalloc where installed (docstring).
     app.run(main)
 
 

@@ -136,5 +136,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.use_jemalloc()  # Re-executes once with jemalloc where installed (docstring).
     define_flags()
     app.run(main)

@@ -1,6 +1,8 @@
-"""``host_memory.keep_freed_memory``: a repeated jitted call stops page-faulting its scratch."""
+"""``host_memory``: with jemalloc (default where installed) or the glibc switch, a repeated
+jitted call stops page-faulting its scratch."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -13,7 +15,10 @@ from ressfl_jax import host_memory
 # prints the minor page faults per call over 3 calls after a warm-up.
 _PROBE = r"""
 import resource
+import sys
 from ressfl_jax import host_memory
+if "jemalloc" in sys.argv:
+    host_memory.use_jemalloc()  # Replaces this process, unless RESSFL_JEMALLOC=0.
 applied = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a, b: jnp.sum((a @ b) @ b.T))
@@ -22,15 +27,23 @@ f(a, b).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     f(a, b).block_until_ready()
-print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3,
+      host_memory.allocator())
 """
 
 
+def _probe(*args: str, **environ: str):
+    """(glibc switch applied, faults per call, allocator) of the probe run with ``environ``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "MALLOC_CONF", host_memory.ENV_REEXECUTED)}
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env | environ,
+                         capture_output=True, text=True, check=True, timeout=300).stdout.split()
+    return out[0] == "True", int(out[1]), out[2]
+
+
 def _faults_per_call(switch: str):
-    env = dict(os.environ, **{host_memory.ENV_SWITCH: switch})
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                         text=True, check=True, timeout=300).stdout.split()
-    return out[0] == "True", int(out[1])
+    applied, faults, _ = _probe(**{host_memory.ENV_SWITCH: switch})
+    return applied, faults
 
 
 @pytest.mark.skipif(not host_memory.supported(), reason="needs glibc on Linux")
@@ -41,3 +54,28 @@ def test_freed_scratch_memory_is_reused_not_faulted_back_in():
     # 64 MB of temporaries = 16k pages per call when glibc maps and unmaps them each call.
     assert untuned > 10_000, untuned
     assert tuned < 1_000, tuned
+
+
+@pytest.mark.skipif(host_memory.jemalloc_path() is None or platform.system() != "Linux",
+                    reason="needs jemalloc (apt-get install libjemalloc2) on Linux")
+def test_use_jemalloc_reexecutes_once_with_jemalloc_and_stops_the_faults():
+    _, faults, allocator = _probe("jemalloc", **{host_memory.ENV_SWITCH: "0"})
+    assert allocator == "jemalloc"
+    assert faults < 1_000, faults
+    # Opted out: the same process stays on glibc and faults its 64 MB back in each call.
+    _, faults, allocator = _probe("jemalloc", **{host_memory.ENV_JEMALLOC: "0"})
+    assert allocator == "default"
+    assert faults > 10_000, faults
+    # The re-executed process never re-executes again (no loop if a preload did not take).
+    _, _, allocator = _probe("jemalloc", **{host_memory.ENV_REEXECUTED: "1"})
+    assert allocator == "default"
+
+
+def test_jemalloc_environment_prepends_the_library_and_keeps_user_settings():
+    env = host_memory.jemalloc_environment({"PATH": "/bin"}, "/lib/je.so")
+    assert env == {"PATH": "/bin", "LD_PRELOAD": "/lib/je.so",
+                   "MALLOC_CONF": host_memory.JEMALLOC_CONF, host_memory.ENV_REEXECUTED: "1"}
+    env = host_memory.jemalloc_environment({"LD_PRELOAD": "/lib/other.so",
+                                            "MALLOC_CONF": "narenas:2"}, "/lib/je.so")
+    assert env["LD_PRELOAD"] == "/lib/je.so:/lib/other.so"
+    assert env["MALLOC_CONF"] == "narenas:2"
