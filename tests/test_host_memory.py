@@ -12,7 +12,7 @@ from ressfl_jax import host_memory
 
 # A jitted call with a 64 MB temporary (a [8192, 8] x [8, 2048] f32 product, the input of a
 # second product; above glibc's 32 MB ceiling for serving blocks from the heap by default);
-# prints the minor page faults per call over 3 calls after a warm-up.
+# prints the minor page faults per call over 3 calls after 5 warm-up calls.
 _PROBE = r"""
 import resource
 import sys
@@ -23,7 +23,8 @@ applied = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a, b: jnp.sum((a @ b) @ b.T))
 a, b = jnp.ones((8192, 8), jnp.float32), jnp.ones((8, 2048), jnp.float32)
-f(a, b).block_until_ready()
+for _ in range(5):  # Warm-up: under jemalloc each of XLA's threads' arenas fills once.
+    f(a, b).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     f(a, b).block_until_ready()
