@@ -1,4 +1,4 @@
-"""layers.Conv / layers.ConvTranspose: the im2col and depthwise paths equal XLA's conv exactly.
+"""layers.Conv / layers.ConvTranspose: the im2col, tapwise and depthwise paths equal XLA's conv.
 
 Tiny float32 shapes; every path is checked forward and by its gradient wrt input AND params,
 unbatched, under ``jax.vmap`` over stacked params (K client models) and inside ``lax.scan``.
@@ -69,6 +69,40 @@ def test_im2col_conv_matches_xla(kernel, strides, padding, side):
     make = functools.partial(Conv, 4, kernel, strides=strides, padding=padding)
     _assert_same(make(impl="im2col"), make(impl="xla"), x)
     assert _conv_ops(make(impl="im2col"), x) == 0
+
+
+@pytest.mark.parametrize("kernel,strides,padding,side", [
+    c for c in CONV_CASES if c[1] == 1] + [(5, 1, 2, 2), (5, 1, 3, 1), (3, 1, ((4, 0), (0, 0)), 2)])
+def test_tapwise_conv_matches_xla(kernel, strides, padding, side):
+    # Incl. maps smaller than the kernel, negative pads (crops), and a tap row that lies
+    # entirely in the padding for every output ((4, 0) with a 2-row input).
+    x = jax.random.normal(KEY(0), (2, side, side + 1, 3))
+    make = functools.partial(Conv, 4, kernel, strides=strides, padding=padding)
+    _assert_same(make(impl="tapwise"), make(impl="xla"), x)
+    assert _conv_ops(make(impl="tapwise"), x) == 0
+
+
+def test_tapwise_skips_the_products_with_padding():
+    # A 3x3 conv on a 2x2 map, pad 1: each output sees 4 of its 9 taps inside the input.
+    x = jnp.ones((1, 2, 2, 8))
+    flops = {impl: jax.jit(Conv(8, 3, padding=1, impl=impl).apply).lower(
+        Conv(8, 3, padding=1).init(KEY(0), x), x).cost_analysis()["flops"]
+        for impl in ("im2col", "tapwise")}
+    dot_flops = {"im2col": 2 * 4 * 9 * 8 * 8, "tapwise": 2 * 16 * 8 * 8}
+    for impl, dots in dot_flops.items():  # + bias adds and the taps' sums: a few hundred
+        assert dots <= flops[impl] < dots + 600, (impl, flops[impl])
+
+
+@pytest.mark.parametrize("c_in,c_out,strides,side,path", [
+    (256, 256, 1, 8, "tapwise"), (256, 512, 1, 4, "tapwise"), (512, 512, 1, 2, "tapwise"),
+    (128, 256, 1, 8, "im2col"), (256, 256, 1, 16, "im2col"), (512, 8, 1, 2, "im2col"),
+    (256, 256, 2, 8, "im2col")])
+def test_auto_picks_tapwise_for_wide_convs_on_small_maps_on_cpu(c_in, c_out, strides, side, path):
+    conv = Conv(c_out, 3, strides=strides, padding=1)
+    expected = path if jax.default_backend() == "cpu" else "xla"
+    assert conv._path(c_in, (strides, strides), (side, side)) == expected
+    assert conv.clone(impl="tapwise")._path(c_in, (strides, strides), (side, side)) == (
+        "tapwise" if strides == 1 else "im2col")
 
 
 @pytest.mark.parametrize("kernel,strides,padding,side", CONV_CASES[:8])

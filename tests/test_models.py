@@ -183,15 +183,17 @@ def test_im2col_matches_xla(side):
     chex.assert_trees_all_close(g_im2col, g_xla, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch,bottleneck", [("vgg11_bn", "norelu_C8S1"),
-                                               ("resnet20", "C4S2")])
-def test_whole_split_model_im2col_matches_xla(arch, bottleneck):
-    # The smoke presets (end-to-end tests) use XLA's conv; CPU users get im2col ("auto"). The
-    # two must train the same model: train-mode logits, BN statistics and every gradient.
+@pytest.mark.parametrize("arch,bottleneck,impl", [("vgg11_bn", "norelu_C8S1", "im2col"),
+                                                    ("resnet20", "C4S2", "im2col"),
+                                                    ("vgg11_bn", "norelu_C8S1", "tapwise")])
+def test_whole_split_model_im2col_matches_xla(arch, bottleneck, impl):
+    # The smoke presets (end-to-end tests) use XLA's conv; CPU users get im2col and tapwise
+    # ("auto"). They must train the same model: train-mode logits, BN statistics and every
+    # gradient.
     x = images(4)
     labels = jnp.arange(4) % 10
     xla, im2col = build(arch, 4, bottleneck, conv_impl="xla"), build(arch, 4, bottleneck,
-                                                                      conv_impl="im2col")
+                                                                      conv_impl=impl)
     client_vars, server_vars, _ = init_vars(xla, x)
 
     def loss(model, client_params, server_params):

@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.cut_layer = 4            # Reference numbering (spec §0): VGG cut 4 = paper "cut 2".
     c.model.bottleneck = "None"      # e.g. "norelu_C8S1" (spec §2.5).
     c.model.width_mult = 1.0
-    c.model.conv_impl = "auto"       # "auto": im2col for tiny 3x3 convs on CPU, XLA conv elsewhere.
+    c.model.conv_impl = "auto"       # "auto": im2col/tapwise matmuls on CPU, XLA conv elsewhere.
     c.model.dtype = "float32"        # Compute dtype: float32 | bfloat16 (mixed precision: bf16
     #                                  activations, float32 params, optimiser, BN stats, losses).
 

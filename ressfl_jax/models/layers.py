@@ -22,7 +22,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col", "tapwise")
+# "auto" on CPU computes a stride-1 conv tap by tap (``_tapwise``) when both C_in and C_out are
+# at least _TAPWISE_MIN_CHANNELS and the map has at most _TAPWISE_MAX_PIXELS pixels (in VGG-11:
+# the server's 8x8 256->256, 4x4 and 2x2 convs); im2col otherwise. Alone (fwd + bwd, batch 128,
+# 2-core dev VM) tapwise beat im2col on every wide conv (2x2 512->512 16 vs 29 ms, 8x8 128->256
+# 54 vs 98, 16x16 64->128 105 vs 127, 32x32 64->64 at batch 32 78 vs 93) and lost on thin ones
+# (8x8 128->8 14 vs 6, 32x32 64->3 47 vs 5). Inside the training steps only the rule below
+# gains (one process, alternating calls: vanilla 1.08x, expert 1.05x); tapwise for every conv
+# with C >= 64 made the expert 0.86x and the res_normN4C64 attack 0.72x as fast.
+_TAPWISE_MIN_CHANNELS = 256
+_TAPWISE_MAX_PIXELS = 64
 
 Initializer = Any
 PaddingLike = str | int | Sequence[tuple[int, int]]
@@ -255,6 +265,35 @@ def _im2col(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]],
     return out.reshape(b, h, w, c_out)
 
 
+def _tapwise(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """Stride-1 ungrouped conv (NHWC, HWIO) as one matmul per kernel tap over only the outputs
+    that tap reaches inside the unpadded input, summed: no im2col copy, and no multiplications
+    by padding zeros (on a 2x2 map a 3x3 conv's padding is 5/9 of im2col's work, 4x4 31%,
+    8x8 16%). Faster than ``_im2col`` on small maps of many channels (``_TAPWISE_MIN_CHANNELS``).
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    b, h, w, _ = x.shape
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    ho, wo = h + lo_h + hi_h - kh + 1, w + lo_w + hi_w - kw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"padded input {h + lo_h + hi_h}x{w + lo_w + hi_w} is smaller than the "
+                         f"{kh}x{kw} kernel")
+    zero, out = jnp.zeros((), x.dtype), None
+    for i in range(kh):
+        p0, p1 = max(0, lo_h - i), min(ho, lo_h + h - i)  # outputs whose tap row i is inside
+        for j in range(kw):
+            q0, q1 = max(0, lo_w - j), min(wo, lo_w + w - j)
+            if p0 >= p1 or q0 >= q1:
+                continue
+            xs = x[:, p0 + i - lo_h:p1 + i - lo_h, q0 + j - lo_w:q1 + j - lo_w, :]
+            y = (xs.reshape(-1, c_in) @ kernel[i, j]).reshape(b, p1 - p0, q1 - q0, c_out)
+            y = lax.pad(y, zero, [(0, 0, 0), (p0, ho - p1, 0), (q0, wo - q1, 0), (0, 0, 0)])
+            out = y if out is None else out + y
+    if out is None:  # every tap falls in the padding: the output is all zeros
+        out = jnp.zeros((b, ho, wo, c_out), jnp.result_type(x, kernel))
+    return out
+
+
 def _phase_taps(k: int, s: int, lo: int, n_in: int, n_out: int):
     """1-D polyphase plan of a transposed conv: per output phase r (outputs o = s*q + r), the
     taps t it uses and the input offset d of each (y[s*q + r] = sum_t x[q + d_t] * w[t])."""
@@ -332,9 +371,10 @@ def _check_impl(impl: str) -> None:
 
 
 def _matmul_impl_wanted(impl: str) -> bool:
-    """Whether ``impl`` asks for the conv-op-free paths: "im2col", or "auto" on the CPU backend."""
+    """Whether ``impl`` asks for the conv-op-free paths: "im2col"/"tapwise", or "auto" on the
+    CPU backend."""
     _check_impl(impl)
-    return impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu")
+    return impl in ("im2col", "tapwise") or (impl == "auto" and jax.default_backend() == "cpu")
 
 
 class Conv(nn.Module):
@@ -352,7 +392,10 @@ class Conv(nn.Module):
       kernel_init / bias_init: initializers.
       impl: "xla" (always ``lax.conv_general_dilated``), "im2col" (ungrouped convs as im2col +
         one matmul, depthwise convs as a sum of kh*kw scaled slices; other grouped convs fall
-        back to xla) or "auto" (the "im2col" paths on the CPU backend, xla elsewhere).
+        back to xla), "tapwise" (as "im2col", but stride-1 ungrouped convs as one matmul per
+        kernel tap over its valid outputs, ``_tapwise``) or "auto" (on the CPU backend the
+        "im2col" paths, with "tapwise" for stride-1 convs with C_in, C_out >= 256 on maps of
+        <= 64 pixels; xla elsewhere).
     """
 
     features: int
@@ -367,12 +410,16 @@ class Conv(nn.Module):
     bias_init: Initializer = nn.initializers.zeros_init()
     impl: str = "auto"
 
-    def _path(self, c_in: int) -> str:
-        """"im2col", "depthwise" or "xla": how this conv is computed."""
+    def _path(self, c_in: int, strides: tuple[int, int], hw: tuple[int, int] = (1, 1)) -> str:
+        """"tapwise", "im2col", "depthwise" or "xla": how this conv is computed."""
         if not _matmul_impl_wanted(self.impl):
             return "xla"
         if self.feature_group_count == 1:
-            return "im2col"
+            tapwise = strides == (1, 1) and (
+                self.impl == "tapwise"
+                or self.impl == "auto" and min(c_in, self.features) >= _TAPWISE_MIN_CHANNELS
+                and hw[0] * hw[1] <= _TAPWISE_MAX_PIXELS)
+            return "tapwise" if tapwise else "im2col"
         return "depthwise" if self.feature_group_count == c_in else "xla"
 
     @nn.compact
@@ -399,8 +446,10 @@ class Conv(nn.Module):
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         pads = _explicit_pads(self.padding, inputs.shape[1:3], ksize, strides)
-        path = self._path(c_in)
-        if path == "im2col":
+        path = self._path(c_in, strides, inputs.shape[1:3])
+        if path == "tapwise":
+            y = _tapwise(x, kernel, pads)
+        elif path == "im2col":
             y = _im2col(x, kernel, pads, strides)
         elif path == "depthwise":
             y = _depthwise(x, kernel, pads, strides)

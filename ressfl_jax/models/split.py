@@ -183,7 +183,7 @@ def build_split_model(arch: str, *, cut_layer: int, bottleneck: str | None, num_
       mean, std: RGB normalisation applied by the client to [0, 1] images.
       width_mult: scales every conv/dense channel count (round, at least 1); not the
         bottleneck's channel count.
-      conv_impl: ``layers.Conv.impl`` for every conv ("auto", "xla" or "im2col").
+      conv_impl: ``layers.Conv.impl`` for every conv ("auto", "xla", "im2col" or "tapwise").
       dtype: compute dtype (params stay float32; logits are float32).
 
     Returns:
