@@ -54,7 +54,9 @@ _SCHEMES = flags.DEFINE_list("schemes", ["parallel"], "Server schedules.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Per-client batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 6, "Timed calls per setting (after one warm-up).")
 _BLOCKS = flags.DEFINE_integer("blocks", 2, "Alternating ours/theirs blocks (torch mode).")
-_CONV = flags.DEFINE_string("conv_impl", "auto", "Conv implementation.")
+_CONV = flags.DEFINE_list("conv_impl", ["auto"],
+                          "Conv implementations (layers.CONV_IMPLS); several are timed side by "
+                          "side, round-robin in one process.")
 _WIDTH = flags.DEFINE_float("width_mult", 1.0, "Channel width multiplier (tests: 1/16).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(common.COMPUTE_DTYPES),
                            "Compute dtype of models and decoders (bfloat16: mixed precision, "
@@ -130,9 +132,9 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
     """(call, args, samples per call, FLOPs per call or None) for one setting.
 
     ``call(*args)`` returns the new args[0]. FLOPs are None where XLA's count of the compiled
-    ``call`` is the whole call (no loops). ``conv_impl`` defaults to ``--conv_impl``.
+    ``call`` is the whole call (no loops). ``conv_impl`` defaults to the first ``--conv_impl``.
     """
-    conv_impl = conv_impl or _CONV.value
+    conv_impl = conv_impl or _CONV.value[0]
     model, b = _model(conv_impl), _BATCH.value
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
     if step.startswith("attack_"):
@@ -183,8 +185,8 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
 def measure(settings, peak, profile_calls=0):
     """Compiles every setting, times them round-robin, optionally profiles; returns results."""
     prepared = []
-    for step, k, scheme in settings:
-        fn, args, samples, flops = build(step, k, scheme)
+    for step, k, scheme, conv_impl in settings:
+        fn, args, samples, flops = build(step, k, scheme, conv_impl)
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
@@ -197,9 +199,10 @@ def measure(settings, peak, profile_calls=0):
         start = time.perf_counter()
         args = (jax.block_until_ready(compiled(*args)),) + args[1:]  # warm-up
         # One line per setting as it goes: a run cut by a time limit still says where it was.
-        print(f"{step} K={k} {scheme}: compiled in {compile_s:.1f} s, first call "
+        print(f"{step} K={k} {scheme} {conv_impl}: compiled in {compile_s:.1f} s, first call "
               f"{time.perf_counter() - start:.2f} s", flush=True)
-        prepared.append(dict(step=step, num_clients=k, scheme=scheme, compiled=compiled,
+        prepared.append(dict(step=step, num_clients=k, scheme=scheme, conv_impl=conv_impl,
+                             compiled=compiled,
                              args=args, samples=samples, compile_s=compile_s,
                              flops=flops,
                              memory_bytes=peak_bytes,
@@ -217,11 +220,13 @@ def measure(settings, peak, profile_calls=0):
     if profile_calls:  # After the timing, so that tracing cannot disturb it.
         for p in prepared:
             trace_dir = os.path.join(_OUT.value or ".", "profile",
-                                     f"{p['step']}_k{p['num_clients']}_{p['scheme']}")
+                                     f"{p['step']}_k{p['num_clients']}_{p['scheme']}"
+                                     f"_{p['conv_impl']}")
             rows, wall_s, p["args"] = profiling.profile_calls(
                 p["compiled"], p["args"], calls=profile_calls, trace_dir=trace_dir)
             p["profile"] = profiling.markdown(rows, calls=profile_calls, wall_s=wall_s)
-    keys = ("step", "num_clients", "scheme", "compile_s", "flops", "memory_bytes", "times",
+    keys = ("step", "num_clients", "scheme", "conv_impl", "compile_s", "flops", "memory_bytes",
+            "times",
             "minor_faults", "system_s", "samples", "profile")
     return [{k: p[k] for k in keys if k in p} for p in prepared]
 
@@ -256,12 +261,12 @@ def main(argv):
         ks = ([int(k) for k in _CLIENTS.value] if step == "vanilla"
               else [2] if step == "lite" else [1])
         schemes = _SCHEMES.value if not step.startswith("attack_") else ["parallel"]
-        settings += [(step, k, s) for k in ks for s in schemes]
+        settings += [(step, k, s, impl) for k in ks for s in schemes for impl in _CONV.value]
     peak = matmul_peak(_DTYPE.value)
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {jax.device_count()} dev)"
     blocks = _BLOCKS.value if _TORCH.value else 1
     ours, theirs = [], {}
-    names = sorted({TORCH_NAMES[(s, k)] for s, k, _ in settings if (s, k) in TORCH_NAMES})
+    names = sorted({TORCH_NAMES[(s, k)] for s, k, _, _ in settings if (s, k) in TORCH_NAMES})
     for block in range(blocks):  # Alternate ours and theirs: machine noise hits both alike.
         ours.append(measure(settings, peak, _PROFILE.value if block == 0 else 0))
         if block == 0 and _PROFILE.value:
@@ -281,7 +286,8 @@ def main(argv):
 
 def _write_profiles(results, device):
     """Writes each profiled setting's top-ops table to --out/profile.md (and prints it)."""
-    text = "\n\n".join(f"### {r['step']}, K={r['num_clients']}, {r['scheme']} ({device}, "
+    text = "\n\n".join(f"### {r['step']}, K={r['num_clients']}, {r['scheme']}, "
+                        f"{r['conv_impl']} ({device}, "
                         f"{_DTYPE.value})\n\n{r['profile']}" for r in results if "profile" in r)
     print(text)
     os.makedirs(_OUT.value or ".", exist_ok=True)
@@ -319,15 +325,15 @@ def _report(ours, theirs, device, peak) -> str:
 def _markdown(results, device, peak, dtype="float32", allocator="default") -> str:
     lines = [f"device: {device}; compute dtype {dtype}; measured {dtype} matmul peak "
              f"{peak:.0f} GFLOP/s; host allocator {allocator}",
-             "", "| step | K | scheme | compile s | median s | min-max s | img/s | GFLOP/s | "
-             "% peak | memory MB | page faults/call | system s/call | torch img/s | "
+             "", "| step | K | scheme | conv | compile s | median s | min-max s | img/s | "
+             "GFLOP/s | % peak | memory MB | page faults/call | system s/call | torch img/s | "
              "ours/torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mem = "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 2 ** 20:.0f}"
         torch = (f"{r['torch_images_per_sec']:.0f} | {r['ratio_vs_torch']:.2f}"
                  if "ratio_vs_torch" in r else "- | -")
-        lines.append(f"| {r['step']} | {r['num_clients']} | {r['scheme']} | "
+        lines.append(f"| {r['step']} | {r['num_clients']} | {r['scheme']} | {r['conv_impl']} | "
                      f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {min(r['times']):.3f}-"
                      f"{max(r['times']):.3f} | {r['images_per_sec']:.0f} | "
                      f"{r['gflops_per_sec']:.0f} | {100 * r['peak_fraction']:.0f} | {mem} | "
