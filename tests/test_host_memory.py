@@ -12,7 +12,10 @@ from ressfl_jax import host_memory
 
 # A jitted call with a 64 MB temporary (a [8192, 8] x [8, 2048] f32 product, the input of a
 # second product; above glibc's 32 MB ceiling for serving blocks from the heap by default);
-# prints the minor page faults per call over 3 calls after 5 warm-up calls.
+# prints the fewest minor page faults of 5 calls after 5 warm-up calls. The fewest, because
+# under jemalloc a call that XLA runs on a thread not used before faults its arena in once
+# (seen under the CI's two busy pytest workers: one call in three, 16k faults); glibc without
+# the switch faults on every call.
 _PROBE = r"""
 import resource
 import sys
@@ -25,16 +28,17 @@ f = jax.jit(lambda a, b: jnp.sum((a @ b) @ b.T))
 a, b = jnp.ones((8192, 8), jnp.float32), jnp.ones((8, 2048), jnp.float32)
 for _ in range(5):  # Warm-up: under jemalloc each of XLA's threads' arenas fills once.
     f(a, b).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(a, b).block_until_ready()
-print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3,
-      host_memory.allocator())
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, min(faults), host_memory.allocator())
 """
 
 
 def _probe(*args: str, **environ: str):
-    """(glibc switch applied, faults per call, allocator) of the probe run with ``environ``."""
+    """(glibc switch applied, fewest faults per call, allocator) of the probe with ``environ``."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("LD_PRELOAD", "MALLOC_CONF", host_memory.ENV_REEXECUTED)}
     out = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env | environ,
