@@ -28,9 +28,10 @@ CONV_IMPLS = ("auto", "xla", "im2col", "tapwise")
 # the server's 8x8 256->256, 4x4 and 2x2 convs); im2col otherwise. Alone (fwd + bwd, batch 128,
 # 2-core dev VM) tapwise beat im2col on every wide conv (2x2 512->512 16 vs 29 ms, 8x8 128->256
 # 54 vs 98, 16x16 64->128 105 vs 127, 32x32 64->64 at batch 32 78 vs 93) and lost on thin ones
-# (8x8 128->8 14 vs 6, 32x32 64->3 47 vs 5). Inside the training steps only the rule below
-# gains (one process, alternating calls: vanilla 1.08x, expert 1.05x); tapwise for every conv
-# with C >= 64 made the expert 0.86x and the res_normN4C64 attack 0.72x as fast.
+# (8x8 128->8 14 vs 6, 32x32 64->3 47 vs 5). Inside the training steps only a narrow rule
+# gains: this one, vanilla 1.24x, expert 1.13x, lite 1.16x (`experiments.benchmark
+# --conv_impl=im2col,auto`, BENCHMARKS.md); tapwise for every conv with C >= 64 made the
+# expert 0.86x and the res_normN4C64 attack 0.72x as fast.
 _TAPWISE_MIN_CHANNELS = 256
 _TAPWISE_MAX_PIXELS = 64
 
