@@ -182,17 +182,17 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
     return jax.jit(call, donate_argnums=0), (state, batch, key), rounds * k * b, None
 
 
-def measure(settings, peak, profile_calls=0):
-    """Compiles every setting, times them round-robin, optionally profiles; returns results."""
+def measure(settings, flops, profile_calls=0):
+    """Compiles every setting, times them round-robin, optionally profiles; returns results.
+
+    ``flops[(step, k, scheme)]``: the setting's nominal FLOPs per call (``setting_flops``).
+    """
     prepared = []
     for step, k, scheme, conv_impl in settings:
-        fn, args, samples, flops = build(step, k, scheme, conv_impl)
+        fn, args, samples, _ = build(step, k, scheme, conv_impl)
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
-        # Nominal FLOPs (every conv as its full matmul, ``setting_flops``) on every backend and
-        # conv path, so FLOP/s compare across paths (tapwise skips the padding's products).
-        flops = setting_flops(step, k, scheme)
         mem = compiled.memory_analysis()
         peak_bytes = None if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                                + mem.output_size_in_bytes)
@@ -204,7 +204,7 @@ def measure(settings, peak, profile_calls=0):
         prepared.append(dict(step=step, num_clients=k, scheme=scheme, conv_impl=conv_impl,
                              compiled=compiled,
                              args=args, samples=samples, compile_s=compile_s,
-                             flops=flops,
+                             flops=flops[(step, k, scheme)],
                              memory_bytes=peak_bytes,
                              times=[], minor_faults=[], system_s=[]))
     for _ in range(_REPEATS.value):
@@ -226,8 +226,7 @@ def measure(settings, peak, profile_calls=0):
                 p["compiled"], p["args"], calls=profile_calls, trace_dir=trace_dir)
             p["profile"] = profiling.markdown(rows, calls=profile_calls, wall_s=wall_s)
     keys = ("step", "num_clients", "scheme", "conv_impl", "compile_s", "flops", "memory_bytes",
-            "times",
-            "minor_faults", "system_s", "samples", "profile")
+            "times", "minor_faults", "system_s", "samples", "profile")
     return [{k: p[k] for k in keys if k in p} for p in prepared]
 
 
@@ -262,13 +261,16 @@ def main(argv):
               else [2] if step == "lite" else [1])
         schemes = _SCHEMES.value if not step.startswith("attack_") else ["parallel"]
         settings += [(step, k, s, impl) for k in ks for s in schemes for impl in _CONV.value]
+    # Nominal FLOPs (every conv as its full matmul) on every backend and conv path, so FLOP/s
+    # compare across paths (tapwise skips the padding's products); counted once per setting.
+    flops = {key: setting_flops(*key) for key in sorted({s[:3] for s in settings})}
     peak = matmul_peak(_DTYPE.value)
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {jax.device_count()} dev)"
     blocks = _BLOCKS.value if _TORCH.value else 1
     ours, theirs = [], {}
     names = sorted({TORCH_NAMES[(s, k)] for s, k, _, _ in settings if (s, k) in TORCH_NAMES})
     for block in range(blocks):  # Alternate ours and theirs: machine noise hits both alike.
-        ours.append(measure(settings, peak, _PROFILE.value if block == 0 else 0))
+        ours.append(measure(settings, flops, _PROFILE.value if block == 0 else 0))
         if block == 0 and _PROFILE.value:
             _write_profiles(ours[0], device)
         _report(ours, theirs, device, peak)  # Ours are kept even if the reference fails.

@@ -417,8 +417,9 @@ class Conv(nn.Module):
     bias_init: Initializer = nn.initializers.zeros_init()
     impl: str = "auto"
 
-    def _path(self, c_in: int, strides: tuple[int, int], hw: tuple[int, int] = (1, 1)) -> str:
-        """"tapwise", "im2col", "depthwise" or "xla": how this conv is computed."""
+    def _path(self, c_in: int, strides: tuple[int, int], hw: tuple[int, int]) -> str:
+        """"tapwise", "im2col", "depthwise" or "xla": how this conv is computed on an input of
+        ``c_in`` channels and ``hw`` spatial shape."""
         if not _matmul_impl_wanted(self.impl):
             return "xla"
         if self.feature_group_count == 1:
