@@ -101,10 +101,11 @@ def jemalloc_loaded() -> bool:
 
 
 def allocator() -> str:
-    """The host allocator in effect: ``jemalloc``, ``glibc+keep_freed_memory`` or ``default``."""
+    """The host allocator in effect: ``jemalloc``, ``glibc+keep_freed_memory`` (the switch was
+    applied by ``keep_freed_memory``) or ``default``. Applies nothing itself."""
     if jemalloc_loaded():
         return "jemalloc"
-    return "glibc+keep_freed_memory" if keep_freed_memory() else "default"
+    return "glibc+keep_freed_memory" if _applied else "default"
 
 
 def jemalloc_environment(environ: dict[str, str], path: str) -> dict[str, str]:

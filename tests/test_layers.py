@@ -240,6 +240,7 @@ def test_bfloat16_compute():
     (Conv(4, 3, padding="CIRCULAR"), (1, 4, 4, 2), "padding"),
     (Conv(4, 3, padding=((1, 1),)), (1, 4, 4, 2), "padding"),
     (Conv(4, 5, padding=0, impl="im2col"), (1, 4, 4, 2), "smaller than"),
+    (Conv(4, 5, padding=0, impl="tapwise"), (1, 4, 4, 2), "padded input 4x4 is smaller than"),
     (Conv(4, 3), (4, 4, 2), "NHWC"),
     (ConvTranspose(4, 3, padding="CIRCULAR"), (1, 4, 4, 2), "padding"),
     (ConvTranspose(4, 3, impl="fast"), (1, 4, 4, 2), "impl"),

@@ -193,13 +193,19 @@ def _pad(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
+def _check_kernel_fits(padded_hw: Sequence[int], ksize: tuple[int, int]) -> None:
+    """Raises ValueError if the padded input is smaller than the kernel."""
+    (hp, wp), (kh, kw) = padded_hw, ksize
+    if hp < kh or wp < kw:
+        raise ValueError(f"padded input {hp}x{wp} is smaller than the {kh}x{kw} kernel")
+
+
 def _shifted_slices(x: jax.Array, ksize: tuple[int, int], strides: tuple[int, int]
                     ) -> list[jax.Array]:
     """The kh*kw (strided) windows of a padded NHWC input, in (i, j) order, each [B, H', W', C]."""
     (kh, kw), (sh, sw) = ksize, strides
     hp, wp = x.shape[1:3]
-    if hp < kh or wp < kw:
-        raise ValueError(f"padded input {hp}x{wp} is smaller than the {kh}x{kw} kernel")
+    _check_kernel_fits((hp, wp), ksize)
     h, w = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     return [x[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :]
             for i in range(kh) for j in range(kw)]
@@ -275,10 +281,8 @@ def _tapwise(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -
     kh, kw, c_in, c_out = kernel.shape
     b, h, w, _ = x.shape
     (lo_h, hi_h), (lo_w, hi_w) = pads
+    _check_kernel_fits((h + lo_h + hi_h, w + lo_w + hi_w), (kh, kw))
     ho, wo = h + lo_h + hi_h - kh + 1, w + lo_w + hi_w - kw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"padded input {h + lo_h + hi_h}x{w + lo_w + hi_w} is smaller than the "
-                         f"{kh}x{kw} kernel")
     parts = []  # (outputs reached, their rectangle, the tap's product)
     for i in range(kh):
         p0, p1 = max(0, lo_h - i), min(ho, lo_h + h - i)  # outputs whose tap row i is inside
