@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for ressfl-jax: the real Fashion-MNIST files (Debian's
-# dataset-fashion-mnist), jemalloc (libjemalloc2: the entry points run on it, 1.05-1.16x faster
-# on CPU, see ressfl_jax/host_memory.py) and a virtualenv in .venv with the
+# dataset-fashion-mnist), jemalloc (libjemalloc2: the entry points run on it, training rounds
+# up to 1.15x faster on CPU, see ressfl_jax/host_memory.py) and a virtualenv in .venv with the
 # pinned-by-lower-bound requirements. Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
