@@ -16,8 +16,9 @@ Two remedies; BENCHMARKS.md, "Host memory", has the alternating A/B of both:
 reused by the next call). Dev VM, ``scripts/allocator_ab.sh`` and an earlier ad hoc run of
 the same loop: vanilla round 1.14-1.16x, expert round 1.15x, lite cycle 1.01-1.04x, the
 attack's decoder steps 1.07-1.12x (res_normN4C64) and 0.90-1.07x (conv_normN0C16, a 0.09 s
-call that moves +-20% between processes) as fast as on glibc, with ~0 faults per call. PyTorch gains as much
-from it, so ``experiments.benchmark`` lets the reference's process inherit it.
+call that moves +-20% between processes) as fast as on glibc, with ~0 faults per call.
+PyTorch gains as much from it, so ``experiments.benchmark`` lets the reference's process
+inherit it.
 ``RESSFL_JEMALLOC=0`` opts out; an allocator the user already preloads, or a ``MALLOC_CONF``
 already set, is left as it is. The process keeps its peak host memory instead of returning it
 between calls.
