@@ -1,15 +1,22 @@
 """Throughput of the jitted steps, optionally side by side with the PyTorch reference.
 
   python -m experiments.benchmark                                  # all steps, K = 1, 2, 10
-  python -m experiments.benchmark --steps=vanilla --num_clients=1,2,10,100 --schemes=parallel,sequential
+  python -m experiments.benchmark --steps=vanilla --num_clients=1,2,10,100 \
+      --schemes=parallel,sequential
   python -m experiments.benchmark --torch_reference=/work/ref/ResSFL --out=runs/bench
 
 Steps, at the paper's shapes (VGG-11-bn, cut 4, ``norelu_C8S1``, batch 128 per client, synthetic
 CIFAR-sized data, augmentation off because the reference augments in its data loader, outside
 its timed calls):
   ``vanilla``  one SFL round (K client steps).
-  ``expert``   the expert's attacker-aware round: res_normN4C64 decoder update + CE + SSIM hinge.
-  ``lite``     the transfer's lite round: conv_normN0C16, interval 5; one call = 5 rounds.
+  ``expert``   the expert's attacker-aware round: res_normN4C64 decoder update + CE + SSIM
+               penalty, with the penalty's gradient every round (tau = 0: alpha * SSIM, the
+               work of an open hinge; the reference's ``expert_hinge_active``).
+  ``expert_hinge_off``  the same round with tau = 0.5 and the hinge closed (the fresh decoder's
+               SSIM on these random images is ~0.18): no backward through the decoder, as in
+               a run whose simulated attacker stays below tau (the reference's ``expert``).
+  ``lite``     the transfer's lite round: conv_normN0C16, interval 5, tau 0.5 (hinge closed,
+               as in the reference's ``lite_k2``); one call = 5 rounds.
   ``attack_<decoder>``  the MI attacker's decoder training, batch 32; one call = 10 steps.
 Per setting: compile time, median seconds per call and its min-max over ``--repeats`` timed
 calls, img/s (client samples per second), XLA's FLOP count of one call, achieved GFLOP/s and its
@@ -43,12 +50,13 @@ from experiments import common, profiling
 from ressfl_jax import host_memory, optim
 from ressfl_jax.flops import lowered_flops
 from ressfl_jax.models import build_split_model, feature_shape
-from ressfl_jax.models.decoders import build_decoder
+from ressfl_jax.models.decoders import build_decoder, parse_decoder
 from ressfl_jax.state import TrainState, create_sfl_state
 from ressfl_jax.training import decoder_fit, ressfl, sfl
 
-_STEPS = flags.DEFINE_list("steps", ["vanilla", "expert", "lite", "attack_res_normN4C64",
-                                     "attack_conv_normN0C16"], "Steps to time.")
+_STEPS = flags.DEFINE_list("steps", ["vanilla", "expert", "expert_hinge_off", "lite",
+                                     "attack_res_normN4C64", "attack_conv_normN0C16"],
+                           "Steps to time.")
 _CLIENTS = flags.DEFINE_list("num_clients", ["1", "2", "10"], "K for the vanilla step.")
 _SCHEMES = flags.DEFINE_list("schemes", ["parallel"], "Server schedules.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Per-client batch size.")
@@ -75,7 +83,8 @@ _PROFILE = flags.DEFINE_integer("profile_calls", 0,
 # Our setting -> the torch harness's configuration of the same work.
 TORCH_NAMES = {("vanilla", 1): "vanilla_k1", ("vanilla", 10): "vanilla_k10",
                ("vanilla", 100): "vanilla_k100",
-               ("expert", 1): "expert_hinge_active", ("lite", 2): "lite_k2",
+               ("expert", 1): "expert_hinge_active", ("expert_hinge_off", 1): "expert",
+               ("lite", 2): "lite_k2",
                ("attack_res_normN4C64", 1): "attack_res_normN4C64",
                ("attack_conv_normN0C16", 1): "attack_conv_normN0C16"}
 
@@ -103,12 +112,32 @@ def setting_flops(step: str, k: int, scheme: str, conv_impl: str = "im2col") -> 
     With ``conv_impl="im2col"`` every conv is a matmul, whose FLOPs XLA counts exactly
     (2*M*N*K); XLA's count of its own convolution ops misses part of the backward pass. The
     benchmark's FLOP/s on an accelerator use this count. The vanilla step's work is linear in K
-    (K client batches, one server batch of K*B), so it is counted at K=1 and scaled.
+    (K client batches, one server batch of K*B), so it is counted at K=1 and scaled. XLA counts
+    both branches of a ``lax.cond``: ``expert_hinge_off`` subtracts the penalty's backward,
+    which its closed hinge skips (``lite``'s closed hinge and its decoder update on 1 round of
+    5 are counted in full: about 1% of its call).
     """
     fn, args, _, flops = build(step, 1 if step == "vanilla" else k, scheme, conv_impl)
     if flops is not None:  # the attack's call: counted per decoder step by ``build``
         return flops
+    if step == "expert_hinge_off":
+        return lowered_flops(fn, *args) - _penalty_backward_flops(conv_impl)
     return (k if step == "vanilla" else 1) * lowered_flops(fn, *args)
+
+
+def _penalty_backward_flops(conv_impl: str) -> float:
+    """FLOPs of the expert penalty's backward through the frozen decoder to the features."""
+    model = _model(conv_impl)
+    feats = feature_shape(model)
+    decoder = build_decoder("res_normN4C64", feature_shape=feats, conv_impl=conv_impl,
+                            dtype=_dtype())
+    dec = jax.tree.map(lambda x: x[0], ressfl.create_decoders(
+        jax.random.key(2), decoder, num_clients=1, feature_shape=feats, tx=optax.adam(1e-3)))
+    penalty = ressfl.make_penalty(decoder, alpha=0.3, threshold=0.0, kind="ssim")
+    z = jnp.zeros((_BATCH.value,) + tuple(feats), jnp.float32)
+    x = jnp.zeros((_BATCH.value, 32, 32, 3), jnp.float32)
+    value = lambda z: penalty(dec, z, x)[0]  # noqa: E731
+    return lowered_flops(jax.grad(value), z) - lowered_flops(value, z)
 
 
 def _dtype():
@@ -162,7 +191,7 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
         fn = sfl.make_train_step(model=model, schedule=scheme, augment="none")
         return (jax.jit(lambda s, bt, key: fn(s, bt, key)[0], donate_argnums=0),
                 (state, batch, key), k * b, None)
-    decoder_type, interval, rounds = (("res_normN4C64", 1, 1) if step == "expert"
+    decoder_type, interval, rounds = (("res_normN4C64", 1, 1) if step.startswith("expert")
                                       else ("conv_normN0C16", 5, 5))
     feats = feature_shape(model)
     decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=conv_impl,
@@ -170,8 +199,9 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
     state = state.replace(decoders=ressfl.create_decoders(
         jax.random.key(2), decoder, num_clients=k, feature_shape=feats,
         tx=optax.adam(1e-3)))
+    threshold = 0.0 if step == "expert" else 0.5  # "expert": the penalty's gradient always
     fn = ressfl.make_ressfl_step(model=model, decoder=decoder, schedule=scheme, augment="none",
-                                 alpha=0.3, threshold=0.5, kind="ssim", interval=interval,
+                                 alpha=0.3, threshold=threshold, kind="ssim", interval=interval,
                                  decoder_steps=1, steps_per_epoch=100 * interval)
 
     def call(state, batch, key):  # ``rounds`` rounds: a whole interval cycle.
@@ -252,8 +282,23 @@ def torch_block(names, repeats):
         return {r["name"]: r for r in json.load(f)}
 
 
+TRAIN_STEPS = ("vanilla", "expert", "expert_hinge_off", "lite")
+
+
+def check_steps(steps) -> None:
+    """Raises ValueError naming a step that is neither a training step nor attack_<decoder>."""
+    for step in steps:
+        if step in TRAIN_STEPS:
+            continue
+        if not step.startswith("attack_"):
+            raise ValueError(f"unknown step {step!r} in --steps; choose from {TRAIN_STEPS} or "
+                             "attack_<decoder type> (e.g. attack_res_normN4C64)")
+        parse_decoder(step[len("attack_"):])  # its own clear error for a bad decoder type
+
+
 def main(argv):
     del argv
+    check_steps(_STEPS.value)
     host_memory.keep_freed_memory()  # Before JAX's first computation (see its docstring).
     settings = []
     for step in _STEPS.value:

@@ -92,3 +92,12 @@ def test_op_times_on_cpu_drops_python_frames_and_runtime_wrappers(tmp_path):
 def test_op_times_names_a_missing_trace(tmp_path):
     with pytest.raises(FileNotFoundError, match="no .*trace.json.gz under"):
         profiling.op_times(str(tmp_path))
+
+
+def test_benchmark_refuses_unknown_steps():
+    benchmark.check_steps(["vanilla", "expert", "expert_hinge_off", "lite",
+                           "attack_res_normN4C64"])
+    with pytest.raises(ValueError, match="unknown step 'experts'"):
+        benchmark.check_steps(["vanilla", "experts"])
+    with pytest.raises(ValueError, match="unknown decoder type 'res_norm'"):
+        benchmark.check_steps(["attack_res_norm"])

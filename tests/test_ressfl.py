@@ -205,3 +205,40 @@ def test_penalty_bn_modes_differ_and_bad_value_is_refused(setup):
     assert float(out["eval"]["train/inversion_ssim"]) != float(out["batch"]["train/inversion_ssim"])
     with pytest.raises(ValueError, match="penalty_bn 'train'"):
         step_fn(model, decoder, penalty_bn="train")
+
+
+def _without_gate(penalty):
+    """``penalty`` with its hinge gate dropped: plain autodiff through the decoder."""
+
+    def plain(*args):
+        value, metrics = penalty(*args)
+        return value, {k: v for k, v in metrics.items() if k != sfl.PENALTY_GATE}
+
+    return plain
+
+
+@pytest.mark.parametrize("schedule", sfl.SCHEDULES)
+def test_hinge_gate_equals_plain_autodiff(setup, schedule):
+    """One client's hinge open, the other's closed: the gated round (the backward through the
+    decoders runs, under the cond) equals plain autodiff's; a gate closed for both (any()
+    mistaken for all()) would give the open client vanilla's update instead. All closed is
+    test_hinge_above_one_equals_vanilla: the skipped backward gives vanilla's round."""
+    model, decoder, state, batch = setup
+    images = batch["image"].astype(jnp.float32) / 255.0
+    features = jax.vmap(lambda p, s, x: sfl.client_apply(model, p, s, x, train=True)[0])(
+        state.clients.params, state.clients.batch_stats, images)
+    probe = ressfl.make_penalty(decoder, alpha=1.0, threshold=0.0, kind="ssim")
+    ssims = np.asarray(jax.vmap(probe)(state.decoders, features, images)[0])
+    assert ssims.min() > 0 and ssims.max() - ssims.min() > 1e-4, ssims
+    threshold = float(ssims.mean())  # between the two clients' SSIMs
+    penalty = ressfl.make_penalty(decoder, alpha=10.0, threshold=threshold, kind="ssim")
+    out = {}
+    for name, p in (("gated", penalty), ("plain", _without_gate(penalty))):
+        out[name] = jax.jit(functools.partial(sfl.ROUNDS[schedule], model=model, penalty=p))(
+            state, images, batch["label"], jax.random.key(3))
+    (gated, gated_metrics), (plain, plain_metrics) = out["gated"], out["plain"]
+    assert sfl.PENALTY_GATE not in gated_metrics
+    chex.assert_trees_all_close(gated_metrics, plain_metrics, rtol=1e-6)
+    # atol: float noise on gradients that are zero in exact arithmetic (conv biases before BN).
+    chex.assert_trees_all_close(gated.clients, plain.clients, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(gated.server, plain.server, rtol=1e-6, atol=1e-6)

@@ -209,3 +209,58 @@ def test_smash_defense_changes_only_what_the_server_sees(model, schedule):
     chex.assert_trees_all_equal(a.server.params, b.server.params)
     assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a.server.params),
                                                      jax.tree.leaves(c.server.params)))
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_apply_penalty_skips_the_backward_when_every_gate_is_closed(stacked):
+    """A gated penalty's backward runs only if a gate is open; its gradient is autodiff's."""
+    backward_calls = []
+
+    @jax.custom_vjp
+    def probe(f):  # identity whose backward reports to the host
+        return f
+
+    def probe_bwd(_, g):
+        jax.debug.callback(lambda: backward_calls.append(1))
+        return (g,)
+
+    probe.defvjp(lambda f: (f, None), probe_bwd)
+
+    def penalty(threshold, features, images):
+        value = jax.nn.relu(jnp.sum(jnp.sin(probe(features)) * images) - threshold)
+        return value, {"value": value, sfl.PENALTY_GATE: value > 0}
+
+    def plain(threshold, features, images):
+        value, metrics = penalty(threshold, features, images)
+        return value, {"value": metrics["value"]}
+
+    rng = np.random.default_rng(0)
+    features = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+    images = jnp.asarray(rng.uniform(size=(2, 3, 4)), jnp.float32)
+    sums = jnp.sum(jnp.sin(features) * images, axis=(1, 2))
+    # Thresholds: both hinges open, only client 1's open, both closed.
+    for thresholds, runs in ((sums - 1.0, True), (jnp.stack([sums[0], sums[1] - 1.0]), True),
+                             (sums + 1.0, False)):
+        if not stacked and runs:  # one client: open iff its own hinge is
+            thresholds = thresholds.at[0].set(sums[0] - 1.0)
+        args = (thresholds, features, images) if stacked else (thresholds[0], features[0],
+                                                              images[0])
+
+        def total(f, fn, args=args):
+            values, metrics = sfl.apply_penalty(fn, args[0], f, args[2], stacked=stacked)
+            return jnp.sum(values), metrics
+
+        backward_calls.clear()
+        (value, metrics), grad = jax.jit(jax.value_and_grad(
+            functools.partial(total, fn=penalty), has_aux=True))(args[1])
+        jax.effects_barrier()
+        assert bool(backward_calls) == runs, (thresholds, backward_calls)
+        (want_value, want_metrics), want = jax.value_and_grad(
+            functools.partial(total, fn=plain), has_aux=True)(args[1])
+        assert set(metrics) == {"value"}
+        np.testing.assert_allclose(value, want_value, rtol=1e-6)
+        np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-7)
+        if not runs:
+            np.testing.assert_array_equal(grad, np.zeros_like(grad))
+        else:
+            assert np.abs(np.asarray(grad)).max() > 0

@@ -107,7 +107,9 @@ def make_penalty(decoder, *, alpha: float, threshold: float, kind: str,
     The decoder is frozen: ``stop_gradient`` on its parameters, so the penalty's gradient flows
     only through the features into the client. ``penalty_bn`` picks the decoder's BatchNorm
     statistics: 'eval' (the reference: running averages) or 'batch' (this batch's statistics,
-    as the decoder sees them when it trains; the running averages are not updated).
+    as the decoder sees them when it trains; the running averages are not updated). With an
+    SSIM hinge (threshold > 0) the metrics carry ``sfl.PENALTY_GATE``, so that rounds whose
+    attackers are all at or below the threshold skip the backward pass through the decoder.
     """
     check_penalty_bn(penalty_bn)
 
@@ -119,6 +121,8 @@ def make_penalty(decoder, *, alpha: float, threshold: float, kind: str,
         metrics = {"train/inversion_ssim": losses.ssim(recon, images),
                    "train/inversion_mse": losses.mse(recon, images),
                    "train/penalty": jax.lax.stop_gradient(value)}
+        if kind == "ssim" and threshold > 0:  # The hinge max(SSIM - tau, 0) has a zero
+            metrics[sfl.PENALTY_GATE] = jax.lax.stop_gradient(value) > 0  # gradient at <= 0.
         return alpha * value, metrics
 
     return penalty
@@ -166,7 +170,7 @@ def ressfl_step(state: SFLState, batch, key, *, model, decoder, augment: str, sc
 def make_ressfl_step(*, model, decoder, schedule: str, augment: str, alpha: float,
                      threshold: float, kind: str, interval: int, decoder_steps: int,
                      steps_per_epoch: int, smash=None, penalty_bn: str = "eval"):
-    """Validates the settings and binds them: returns ``(state, batch, key) -> (state, metrics)``."""
+    """Validates the settings and binds them: ``(state, batch, key) -> (state, metrics)``."""
     sfl.check_schedule(schedule)
     if kind not in losses.INVERSION_KINDS:
         raise ValueError(f"Unknown inversion loss {kind!r}; choose one of "

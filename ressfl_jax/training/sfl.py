@@ -78,6 +78,54 @@ def _no_penalty(decoder, features, images):
     return jnp.float32(0.0), {}
 
 
+# A penalty's optional metric: a bool that is False when the penalty's gradient is exactly zero
+# on this batch (e.g. the SSIM hinge at or below its threshold); see ``apply_penalty``.
+PENALTY_GATE = "#gate"
+
+
+def apply_penalty(penalty: Callable, decoders, features, images, *, stacked: bool):
+    """``penalty`` on one client's features, or vmapped over stacked clients [K, ...].
+
+    If the penalty's metrics hold ``PENALTY_GATE``, its backward pass runs under a
+    ``lax.cond`` and is skipped when no client's gate is open: the gradient is then exactly
+    zero. For ResSFL's SSIM hinge that skips the backward through the frozen decoder (PyTorch
+    skips it too: a hinge below its threshold is the constant 0, with no graph); the expert's
+    round on the dev CPU gets ~8% faster (BENCHMARKS.md). Values and gradients equal plain
+    autodiff's; the residuals are kept, so an open gate costs nothing extra. The gate is
+    popped from the metrics.
+
+    Returns:
+      (penalty values, [K] if stacked, else a scalar; metrics).
+    """
+    fn = jax.vmap(penalty) if stacked else penalty
+    if penalty is _no_penalty:
+        return fn(decoders, features, images)
+
+    def split(f):
+        value, metrics = fn(decoders, f, images)
+        metrics = dict(metrics)
+        return value, (metrics, metrics.pop(PENALTY_GATE, None))
+
+    @jax.custom_vjp
+    def gated(f):
+        value, (metrics, _) = split(f)
+        return value, metrics
+
+    def gated_fwd(f):
+        value, vjp, (metrics, gate) = jax.vjp(split, f, has_aux=True)
+        return (value, metrics), (vjp, gate)
+
+    def gated_bwd(residuals, cotangents):
+        vjp, gate = residuals
+        if gate is None:
+            return vjp(cotangents[0])
+        skipped = jnp.zeros(features.shape, features.dtype)
+        return (jax.lax.cond(jnp.any(gate), lambda: vjp(cotangents[0])[0], lambda: skipped),)
+
+    gated.defvjp(gated_fwd, gated_bwd)
+    return gated(features)
+
+
 def _smash_key(server_key, client_index):
     """The key of client ``client_index``'s defense on its smashed data this round."""
     return jax.random.fold_in(jax.random.fold_in(server_key, 1), client_index)
@@ -104,7 +152,8 @@ def parallel_round(state: SFLState, images, labels, server_key, *, model: SplitM
         forward = functools.partial(client_apply, model, train=True)
         features, client_stats = jax.vmap(forward)(client_params, state.clients.batch_stats,
                                                    images)
-        penalties, penalty_metrics = jax.vmap(penalty)(state.decoders, features, images)
+        penalties, penalty_metrics = apply_penalty(penalty, state.decoders, features, images,
+                                                    stacked=True)
         if smash is not None:
             keys = jax.vmap(functools.partial(_smash_key, server_key))(jnp.arange(num_clients))
             features = jax.vmap(smash)(keys, features)
@@ -143,7 +192,8 @@ def sequential_round(state: SFLState, images, labels, server_key, *, model: Spli
         def loss_fn(client_params, server_params):
             features, client_stats = client_apply(model, client_params, client.batch_stats,
                                                   client_images, train=True)
-            penalty_value, penalty_metrics = penalty(decoder, features, client_images)
+            penalty_value, penalty_metrics = apply_penalty(penalty, decoder, features,
+                                                            client_images, stacked=False)
             if smash is not None:
                 features = smash(_smash_key(server_key, index), features)
             logits, server_stats = server_apply(model, server_params, server.batch_stats,
