@@ -105,9 +105,10 @@ def test_auto_picks_tapwise_for_wide_convs_on_small_maps_on_cpu(c_in, c_out, str
         "tapwise" if strides == 1 else "im2col")
 
 
-@pytest.mark.parametrize("kernel,strides,padding,side", CONV_CASES[:8])
+@pytest.mark.parametrize("kernel,strides,padding,side", CONV_CASES)
 def test_im2col_conv_with_fewer_outputs_than_inputs_matches_xla(kernel, strides, padding, side):
-    # C_out < C_in takes the output-side path (kernel first, then summed shifted windows).
+    # C_out < C_in takes the output-side path (kernel first, then the product padded, or
+    # cropped by negative pads, and its shifted windows summed).
     x = jax.random.normal(KEY(0), (2, side, side + 1, 5))
     make = functools.partial(Conv, 2, kernel, strides=strides, padding=padding)
     _assert_same(make(impl="im2col"), make(impl="xla"), x)
