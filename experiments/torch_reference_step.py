@@ -29,7 +29,8 @@ Two settings are changed from outside so that the JAX side can compute the same 
 runs' target steps can be compared alone) and ``--penalty_off`` (alpha2 = 0: the same run
 without the attacker term in the clients' loss) serve the parity check's noise floor and its
 penalty-gradient comparison. Everything else (BatchNorm modes, SSIM, the hinge, SGD momentum
-and coupled weight decay, Adam, which optimizers step) is the reference's own code. Only torch, numpy and the standard library are imported.
+and coupled weight decay, Adam, which optimizers step) is the reference's own code. Only torch,
+numpy and the standard library are imported.
 """
 
 import argparse

@@ -2,7 +2,8 @@
 
   python -m experiments.transfer                     # cpu preset: lite, expert runs/pretrain_cpu
   python -m experiments.transfer --config.transfer.mode=naive --workdir=runs/transfer_naive
-  python -m experiments.transfer --config=experiments/configs/transfer.py:paper_cifar10_to_cifar100 \\
+  python -m experiments.transfer \\
+      --config=experiments/configs/transfer.py:paper_cifar10_to_cifar100 \\
       --config.data.data_dir=/data/cifar-100-python.tar.gz --config.transfer.expert=runs/expert
 
 The expert's client extractor (its best checkpoint, arch/cut/bottleneck checked) initialises all

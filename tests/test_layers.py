@@ -263,8 +263,8 @@ def test_max_pool_2x2_matches_flax_values_and_gradient(shape):
     np.testing.assert_array_equal(grad, want_grad)
 
 
-@pytest.mark.parametrize("ksize,strides,padded", [((3, 3), (1, 1), (7, 8)), ((3, 3), (2, 2), (8, 9)),
-                                                   ((2, 3), (2, 1), (7, 6))])
+@pytest.mark.parametrize("ksize,strides,padded", [
+    ((3, 3), (1, 1), (7, 8)), ((3, 3), (2, 2), (8, 9)), ((2, 3), (2, 1), (7, 6))])
 def test_tap_window_sum_gradient_is_autodiffs(ksize, strides, padded):
     # The output-side conv's written-out VJP equals autodiff of the plain sum of tap windows.
     z = jax.random.normal(KEY(3), (2,) + padded + (ksize[0] * ksize[1], 3))

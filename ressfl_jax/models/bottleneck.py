@@ -1,4 +1,4 @@
-"""The ``CxSy`` bottleneck at the cut (spec §2.5): client-side ``Compress``, server-side ``Expand``.
+"""The ``CxSy`` bottleneck at the cut (spec §2.5): client-side ``Compress``, server ``Expand``.
 
 ResSFL (Li et al., CVPR 2022) shrinks the smashed data with a small conv layer on the client
 (e.g. ``norelu_C8S1``: 128x8x8 -> 8x8x8, raw signed output) and undoes it on the server.
