@@ -356,12 +356,17 @@ def _report(ours, theirs, device, peak) -> str:
             batch = 32 if r["step"].startswith("attack_") else _BATCH.value
             r["torch_name"], r["torch_images_per_sec"] = torch_name, batch / per_step
             r["ratio_vs_torch"] = r["images_per_sec"] / r["torch_images_per_sec"]
-    table = _markdown(results, device, peak, _DTYPE.value, host_memory.allocator())
+    # This process's peak resident memory so far (Linux reports KiB): host buffers, XLA's CPU
+    # temporaries and what the allocator keeps (the allocator A/B compares it).
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    allocator = host_memory.allocator()
+    table = _markdown(results, device, peak, _DTYPE.value, allocator, peak_rss_mb)
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
         with open(os.path.join(_OUT.value, "benchmark.json"), "w") as f:
-            json.dump({"device": device, "dtype": _DTYPE.value,
-                       "allocator": host_memory.allocator(),
+            json.dump({"device": device, "dtype": _DTYPE.value, "allocator": allocator,
+                       "malloc_conf": os.environ.get("MALLOC_CONF"),
+                       "host_peak_rss_mb": peak_rss_mb,
                        "matmul_peak_gflops": peak, "argv": sys.argv,
                        "results": results}, f, indent=2)
         with open(os.path.join(_OUT.value, "benchmark.md"), "w") as f:
@@ -369,9 +374,11 @@ def _report(ours, theirs, device, peak) -> str:
     return table
 
 
-def _markdown(results, device, peak, dtype="float32", allocator="default") -> str:
+def _markdown(results, device, peak, dtype="float32", allocator="default",
+              peak_rss_mb=None) -> str:
+    rss = "" if peak_rss_mb is None else f"; host peak RSS {peak_rss_mb:,.0f} MB"
     lines = [f"device: {device}; compute dtype {dtype}; measured {dtype} matmul peak "
-             f"{peak:.0f} GFLOP/s; host allocator {allocator}",
+             f"{peak:.0f} GFLOP/s; host allocator {allocator}{rss}",
              "", "| step | K | scheme | conv | compile s | median s | min-max s | img/s | "
              "GFLOP/s | % peak | memory MB | page faults/call | system s/call | torch img/s | "
              "ours/torch |",

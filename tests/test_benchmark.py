@@ -45,6 +45,7 @@ def test_benchmark_writes_every_setting(tmp_path):
     # One lite call is a whole interval cycle: 5 rounds x 2 clients x 4 images.
     assert lite_samples == 40
     assert report["matmul_peak_gflops"] > 0
+    assert report["host_peak_rss_mb"] > 50  # the interpreter, jax and the compiled programs
     rows = [line for line in (tmp_path / "benchmark.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| step")]
     assert len(rows) == 3
