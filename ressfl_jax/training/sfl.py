@@ -92,7 +92,8 @@ def apply_penalty(penalty: Callable, decoders, features, images, *, stacked: boo
     skips it too: a hinge below its threshold is the constant 0, with no graph); the expert's
     round on the dev CPU gets ~8% faster (BENCHMARKS.md). Values and gradients equal plain
     autodiff's; the residuals are kept, so an open gate costs nothing extra. The gate is
-    popped from the metrics.
+    popped from the metrics. Only ``features`` is differentiated: ``decoders`` and ``images``
+    are constants of the round (as every penalty here treats them).
 
     Returns:
       (penalty values, [K] if stacked, else a scalar; metrics).
