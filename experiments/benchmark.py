@@ -128,13 +128,10 @@ def setting_flops(step: str, k: int, scheme: str, conv_impl: str = "im2col") -> 
 def _penalty_backward_flops(conv_impl: str) -> float:
     """FLOPs of the expert penalty's backward through the frozen decoder to the features."""
     model = _model(conv_impl)
-    feats = feature_shape(model)
-    decoder = build_decoder("res_normN4C64", feature_shape=feats, conv_impl=conv_impl,
-                            dtype=_dtype())
-    dec = jax.tree.map(lambda x: x[0], ressfl.create_decoders(
-        jax.random.key(2), decoder, num_clients=1, feature_shape=feats, tx=optax.adam(1e-3)))
-    penalty = ressfl.make_penalty(decoder, alpha=0.3, threshold=0.0, kind="ssim")
-    z = jnp.zeros((_BATCH.value,) + tuple(feats), jnp.float32)
+    decoder, decoders = _simulated_attacker("expert", model, conv_impl, num_clients=1)
+    dec = jax.tree.map(lambda x: x[0], decoders)
+    penalty = ressfl.make_penalty(decoder, alpha=_ALPHA, threshold=0.0, kind="ssim")
+    z = jnp.zeros((_BATCH.value,) + tuple(feature_shape(model)), jnp.float32)
     x = jnp.zeros((_BATCH.value, 32, 32, 3), jnp.float32)
     value = lambda z: penalty(dec, z, x)[0]  # noqa: E731
     return lowered_flops(jax.grad(value), z) - lowered_flops(value, z)
@@ -142,6 +139,19 @@ def _penalty_backward_flops(conv_impl: str) -> float:
 
 def _dtype():
     return common.COMPUTE_DTYPES[_DTYPE.value]
+
+
+_ALPHA = 0.3  # the penalty weight of the expert and lite rounds (reference: 0.3)
+
+
+def _simulated_attacker(step: str, model, conv_impl: str, num_clients: int):
+    """(decoder, its stacked states [K]) of a training step's simulated attacker: the expert's
+    res_normN4C64 or lite's conv_normN0C16, Adam 1e-3, the same initial weights everywhere."""
+    feats = feature_shape(model)
+    decoder = build_decoder("res_normN4C64" if step.startswith("expert") else "conv_normN0C16",
+                            feature_shape=feats, conv_impl=conv_impl, dtype=_dtype())
+    return decoder, ressfl.create_decoders(jax.random.key(2), decoder, num_clients=num_clients,
+                                           feature_shape=feats, tx=optax.adam(1e-3))
 
 
 def _model(conv_impl):
@@ -191,17 +201,12 @@ def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
         fn = sfl.make_train_step(model=model, schedule=scheme, augment="none")
         return (jax.jit(lambda s, bt, key: fn(s, bt, key)[0], donate_argnums=0),
                 (state, batch, key), k * b, None)
-    decoder_type, interval, rounds = (("res_normN4C64", 1, 1) if step.startswith("expert")
-                                      else ("conv_normN0C16", 5, 5))
-    feats = feature_shape(model)
-    decoder = build_decoder(decoder_type, feature_shape=feats, conv_impl=conv_impl,
-                            dtype=_dtype())
-    state = state.replace(decoders=ressfl.create_decoders(
-        jax.random.key(2), decoder, num_clients=k, feature_shape=feats,
-        tx=optax.adam(1e-3)))
+    interval = rounds = 1 if step.startswith("expert") else 5
+    decoder, decoders = _simulated_attacker(step, model, conv_impl, num_clients=k)
+    state = state.replace(decoders=decoders)
     threshold = 0.0 if step == "expert" else 0.5  # "expert": the penalty's gradient always
     fn = ressfl.make_ressfl_step(model=model, decoder=decoder, schedule=scheme, augment="none",
-                                 alpha=0.3, threshold=threshold, kind="ssim", interval=interval,
+                                 alpha=_ALPHA, threshold=threshold, kind="ssim", interval=interval,
                                  decoder_steps=1, steps_per_epoch=100 * interval)
 
     def call(state, batch, key):  # ``rounds`` rounds: a whole interval cycle.
