@@ -238,25 +238,26 @@ def test_apply_penalty_skips_the_backward_when_every_gate_is_closed(stacked):
     features = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
     images = jnp.asarray(rng.uniform(size=(2, 3, 4)), jnp.float32)
     sums = jnp.sum(jnp.sin(features) * images, axis=(1, 2))
-    # Thresholds: both hinges open, only client 1's open, both closed.
-    for thresholds, runs in ((sums - 1.0, True), (jnp.stack([sums[0], sums[1] - 1.0]), True),
-                             (sums + 1.0, False)):
-        if not stacked and runs:  # one client: open iff its own hinge is
-            thresholds = thresholds.at[0].set(sums[0] - 1.0)
-        args = (thresholds, features, images) if stacked else (thresholds[0], features[0],
-                                                              images[0])
+    opened, closed = sums - 1.0, sums + 1.0  # per-client thresholds
+    if stacked:  # both hinges open; client 0 at its threshold (closed), 1 open; both closed
+        cases = [(opened, True), (jnp.stack([sums[0], opened[1]]), True), (closed, False)]
+        feats, imgs = features, images
+    else:  # client 0 alone: open, closed
+        cases = [(opened[0], True), (closed[0], False)]
+        feats, imgs = features[0], images[0]
+    for thresholds, runs in cases:
 
-        def total(f, fn, args=args):
-            values, metrics = sfl.apply_penalty(fn, args[0], f, args[2], stacked=stacked)
+        def total(f, fn, thresholds=thresholds):
+            values, metrics = sfl.apply_penalty(fn, thresholds, f, imgs, stacked=stacked)
             return jnp.sum(values), metrics
 
         backward_calls.clear()
         (value, metrics), grad = jax.jit(jax.value_and_grad(
-            functools.partial(total, fn=penalty), has_aux=True))(args[1])
+            functools.partial(total, fn=penalty), has_aux=True))(feats)
         jax.effects_barrier()
         assert bool(backward_calls) == runs, (thresholds, backward_calls)
         (want_value, want_metrics), want = jax.value_and_grad(
-            functools.partial(total, fn=plain), has_aux=True)(args[1])
+            functools.partial(total, fn=plain), has_aux=True)(feats)
         assert set(metrics) == {"value"}
         np.testing.assert_allclose(value, want_value, rtol=1e-6)
         np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-7)
