@@ -15,10 +15,14 @@
 #      (the 2026-11-26 checks: bf16 expert programs had not started after 80-130 s).
 #      bench_im2col/: vanilla K=1,100 and the expert with every conv as im2col + matmul (the
 #      K=100 profile showed vmapped client convs as 100 per-group cuDNN launches).
+#      cmdbuf_*: vanilla and the expert (K=1, f32) under XLA's GPU command buffers (CUDA graphs)
+#      as shipped, off, and widened to every command type incl. cuDNN convs and conditionals:
+#      the 2026-11-26 profile found the GPU idle ~40% of an expert round of ~380 small kernels,
+#      i.e. bound by kernel launches, which command buffers remove.
 #   3. The accuracy and privacy effect of bf16: the cpu preset's vanilla model and expert, each
 #      in float32 and bfloat16, all four trained side by side on ALL of Fashion-MNIST classes
 #      0-4, then the res_normN4C64 attack on each one's last epoch, side by side.
-# STAGES (default "bench bf16 bf16diag im2col train") picks stages; RUNS the models of stage 3 (default all four:
+# STAGES (default "bench bf16 bf16diag im2col cmdbuf train") picks stages; RUNS the models of stage 3 (default all four:
 # vanilla_float32 vanilla_bfloat16 expert_float32 expert_bfloat16).
 # All stages need more than one call (bench ~230 s, bf16 <= 110, bf16diag <= 4 x 60, im2col
 # ~120, train ~200): pick, e.g. STAGES="bf16diag im2col" first (the open questions of the
@@ -45,6 +49,8 @@ if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   DIAG="--steps=vanilla --num_clients=1 --width_mult=0.0625 --repeats=1 --dtype=bfloat16"
   IM2COL="--steps=vanilla --num_clients=2 --width_mult=0.0625 --repeats=2 --conv_impl=im2col"
   DIAG_FLAGS="--xla_cpu_use_thunk_runtime=true"
+  CMDBUF="--steps=vanilla --num_clients=1 --width_mult=0.0625 --repeats=2"
+  CMDBUF_FLAGS=("" "--xla_cpu_use_thunk_runtime=true")
   PRE="--config=experiments/configs/pretrain.py:smoke"
   ATK="--config=experiments/configs/attack.py:smoke"
   EPOCHS=2 TOTAL=${DEVICE_CHECK_SECONDS:-900}
@@ -57,6 +63,10 @@ else
   IM2COL="--steps=vanilla,expert --num_clients=1,100 --repeats=10 --conv_impl=im2col"
   DIAG_FLAGS="--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false"
   DIAG_FLAGS="$DIAG_FLAGS --xla_gpu_experimental_enable_fusion_autotuner=false"
+  CMDBUF="--steps=vanilla,expert --num_clients=1 --repeats=10"
+  CMDBUF_FLAGS=("" "--xla_gpu_enable_command_buffer="
+    "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE
+ --xla_gpu_graph_min_graph_size=1")
   if [ -f .carry/ResSFL/MIA_torch.py ]; then
     TORCH="--torch_reference=.carry/ResSFL --torch_python=$PY --torch_device=cuda"
   fi
@@ -73,7 +83,7 @@ COMMON="$COMMON --config.run.keep_epochs=($EPOCHS,) --config.run.keep_checkpoint
 set_deadline "$TOTAL"
 
 # 1-2. Throughput, alone on the GPU: ours and the reference's CUDA calls (f32), then bf16.
-STAGES=${STAGES:-bench bf16 bf16diag im2col train}
+STAGES=${STAGES:-bench bf16 bf16diag im2col cmdbuf train}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 # shellcheck disable=SC2086  # The option strings are meant to split.
 has bench && stage bench "$(limit $T_BENCH1 300)" $PY -m experiments.benchmark $BENCH1 $TORCH \
@@ -97,6 +107,19 @@ fi
 # shellcheck disable=SC2086
 has im2col && stage bench_im2col "$(limit 120 140)" $PY -m experiments.benchmark $IM2COL \
   --out="$OUT/bench_im2col"
+
+if has cmdbuf; then
+  for i in "${!CMDBUF_FLAGS[@]}"; do
+    # shellcheck disable=SC2086  # Word splitting trims: XLA reads a blank value as a file name.
+    flags=$(echo ${XLA_FLAGS:-} ${CMDBUF_FLAGS[$i]})
+    name=cmdbuf_$i
+    echo "== $name: XLA_FLAGS='$flags'"
+    # shellcheck disable=SC2086
+    XLA_FLAGS="$flags" stage "$name" "$(limit 60 120)" $PY -m experiments.benchmark \
+      $CMDBUF --out="$OUT/$name"
+    grep -h "compiled in\|^| \(vanilla\|expert\)" "$OUT/$name.log"
+  done
+fi
 
 # 3. Four models side by side on the GPU (each small enough to leave it mostly idle), then the
 #    attack on each one's last saved epoch, also side by side.
@@ -126,6 +149,6 @@ for run in $RUNS; do
   echo
   print_attacks "$OUT/attack_$run" "  "
 done
-for b in bench bench_bf16 bench_im2col; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
+for b in bench bench_bf16 bench_im2col cmdbuf_0 cmdbuf_1 cmdbuf_2; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
 pack_results devices.log
 ls -la "$OUT"

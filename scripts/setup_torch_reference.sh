@@ -4,6 +4,13 @@
 #     (numpy, thop, matplotlib, tensorboard for torch.utils.tensorboard, pillow, tqdm).
 #     torchvision is NOT installed (the PyPI wheel does not match torch 2.13.0); the harness
 #     replaces it with a stub module from outside.
+#   * with WITH_TORCHVISION=1, torchvision 0.28.0 (the release of torch 2.13) under .torchvision,
+#     for whole runs of the reference's own scripts (scripts/reference_fullrun.sh): installed
+#     without dependencies (its PyPI wheel pins the CUDA torch build); its compiled ops are built
+#     for that build and do not load against torch 2.13.0+cpu, so they and their meta
+#     registrations are removed: the reference uses only the pure-Python datasets, transforms and
+#     save_image (JPEG via PIL). Used through PYTHONPATH only, so the benchmark harness keeps
+#     its stub.
 #   * optionally, the reference snapshot (zlijingtao/ResSFL) extracted to the directory given as
 #     the first argument, from the bare mirror in $RESSFL_MIRROR.
 # Idempotent: re-running only installs or extracts what is missing.
@@ -20,6 +27,18 @@ if ! .venv-torch/bin/python -c "import torch, numpy, thop, matplotlib, tensorboa
     2>/dev/null; then
   .venv-torch/bin/python -m pip install -q torch==2.13.0 numpy thop matplotlib tensorboard \
     pillow tqdm
+fi
+
+if [ "${WITH_TORCHVISION:-0}" = 1 ] && [ ! -f .torchvision/torchvision/__init__.py ]; then
+  tmp=$(mktemp -d)
+  .venv-torch/bin/python -m pip download -q torchvision==0.28.0 --no-deps -d "$tmp"
+  .venv-torch/bin/python -m pip install -q --no-deps --target .torchvision "$tmp"/torchvision-*.whl
+  echo "# removed by setup_torch_reference.sh: the compiled ops do not load on torch+cpu" \
+    > .torchvision/torchvision/_meta_registrations.py
+  rm -f .torchvision/torchvision/_C.so
+  rm -rf "$tmp"
+  PYTHONPATH=.torchvision .venv-torch/bin/python -c \
+    "import torchvision.datasets, torchvision.transforms, torchvision.utils"
 fi
 
 if [ $# -ge 1 ]; then

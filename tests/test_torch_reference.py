@@ -94,3 +94,35 @@ def test_end_to_end_attack_config(tmp_path):
     assert result["images_per_sec"] > 0 and len(result["step_s"]) == 1
     assert result["device"] == "cpu"
     assert out.exists()
+
+
+def test_reference_script_runner_refuses_bad_invocations(tmp_path, monkeypatch):
+    """experiments.torch_reference_script: clear errors before torch is even imported."""
+    from experiments import torch_reference_script as trs
+
+    with pytest.raises(SystemExit, match="usage"):
+        trs.main([])
+    with pytest.raises(SystemExit, match="usage"):
+        trs.main(["--dataset=fmnist"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="'main_MIA.py' is not in the working directory"):
+        trs.main(["main_MIA.py", "--dataset=fmnist"])
+
+
+def test_reference_script_runner_runs_the_script_with_cuda_neutralised(tmp_path, monkeypatch):
+    """The script runs as __main__ with its arguments; .cuda() returns self (torch needed)."""
+    torch = pytest.importorskip("torch")
+    from experiments import torch_reference_script as trs
+
+    (tmp_path / "probe.py").write_text(
+        "import sys, torch\n"
+        "t = torch.zeros(2)\n"
+        "assert t.cuda() is t and __name__ == '__main__'\n"
+        "open('out.txt', 'w').write(' '.join(sys.argv))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REF_DEVICE", raising=False)
+    monkeypatch.setattr(torch.Tensor, "cuda", torch.Tensor.cuda)  # restored after the test
+    monkeypatch.setattr(torch.nn.Module, "cuda", torch.nn.Module.cuda)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    trs.main(["probe.py", "--x=1"])
+    assert (tmp_path / "out.txt").read_text() == "probe.py --x=1"
