@@ -22,7 +22,8 @@
 #   3. The accuracy and privacy effect of bf16: the cpu preset's vanilla model and expert, each
 #      in float32 and bfloat16, all four trained side by side on ALL of Fashion-MNIST classes
 #      0-4, then the res_normN4C64 attack on each one's last epoch, side by side.
-# STAGES (default "bench bf16 bf16diag im2col cmdbuf train") picks stages; RUNS the models of stage 3 (default all four:
+# STAGES (default "bench bf16 bf16diag im2col cmdbuf train") picks stages; RUNS the models of
+# stage 3 (default all four:
 # vanilla_float32 vanilla_bfloat16 expert_float32 expert_bfloat16).
 # All stages need more than one call (bench ~230 s, bf16 <= 110, bf16diag <= 4 x 60, im2col
 # ~120, train ~200): pick, e.g. STAGES="bf16diag im2col" first (the open questions of the
@@ -149,6 +150,8 @@ for run in $RUNS; do
   echo
   print_attacks "$OUT/attack_$run" "  "
 done
-for b in bench bench_bf16 bench_im2col cmdbuf_0 cmdbuf_1 cmdbuf_2; do cat "$OUT/$b/benchmark.md" 2>/dev/null; done
+for b in bench bench_bf16 bench_im2col cmdbuf_0 cmdbuf_1 cmdbuf_2; do
+  cat "$OUT/$b/benchmark.md" 2>/dev/null
+done
 pack_results devices.log
 ls -la "$OUT"

@@ -12,7 +12,12 @@
 #
 # Prepare: WITH_TORCHVISION=1 bash scripts/setup_torch_reference.sh /work/ref/ResSFL
 # Usage:   bash scripts/reference_fullrun.sh /work/ref/ResSFL WORKDIR
-# Env:     EPOCHS (3), ATTACK_EPOCHS (20), RUNS ("expert vanilla"), REF_THREADS (2).
+# Env:     EPOCHS (3), ATTACK_EPOCHS (20), RUNS ("expert vanilla"), REF_THREADS (2),
+#          PARALLEL=1 (train, then attack, the runs side by side: for a GPU), TRAIN_S /
+#          ATTACK_S (time limits per process; a cut training is attacked at its best saved
+#          epoch), REF_DEVICE=cuda (the reference's own GPU calls), TORCH_PYTHON (default
+#          .venv-torch/bin/python), TORCHVISION (a directory put on PYTHONPATH, default
+#          .torchvision; empty: the python imports its own torchvision).
 # Results: WORKDIR/saves/{expert,vanilla}/MIA.log ("MIA performance Score is (MSE, SSIM, PSNR)"
 #          and "Best Average Validation Accuracy"), per-stage logs in WORKDIR/logs/.
 # On the 2-core dev VM an expert epoch takes ~11 min, a vanilla epoch ~5, phase 0 ~20, a
@@ -26,9 +31,17 @@ ATTACK_EPOCHS=${ATTACK_EPOCHS:-20}
 RUNS=${RUNS:-expert vanilla}
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
 [ -f "$REF/main_MIA.py" ] || { echo "no main_MIA.py in $REF" >&2; exit 2; }
-[ -f "$ROOT/.torchvision/torchvision/__init__.py" ] || {
-  echo "no .torchvision: run WITH_TORCHVISION=1 bash scripts/setup_torch_reference.sh" >&2
-  exit 2; }
+TORCH_PYTHON=${TORCH_PYTHON:-$ROOT/.venv-torch/bin/python}
+TORCHVISION=${TORCHVISION-$ROOT/.torchvision}
+TRAIN_S=${TRAIN_S:-100000}
+ATTACK_S=${ATTACK_S:-100000}
+if [ -n "$TORCHVISION" ]; then
+  [ -f "$TORCHVISION/torchvision/__init__.py" ] || {
+    echo "no torchvision in $TORCHVISION: run WITH_TORCHVISION=1 bash" \
+      "scripts/setup_torch_reference.sh (or set TORCHVISION= to use the python's own)" >&2
+    exit 2; }
+  export PYTHONPATH="$TORCHVISION${PYTHONPATH:+:$PYTHONPATH}"
+fi
 mkdir -p "$WORK/logs" "$WORK/data/FashionMNIST/raw"
 cp -rn "$REF"/. "$WORK"/
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
@@ -36,11 +49,20 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
   [ -f "$WORK/data/FashionMNIST/raw/$f" ] || zcat "$FMNIST/$f.gz" > "$WORK/data/FashionMNIST/raw/$f"
 done
 cd "$WORK"
-export PYTHONPATH="$ROOT/.torchvision"
-run() { "$ROOT/.venv-torch/bin/python" "$ROOT/experiments/torch_reference_script.py" "$@"; }
+run() {
+  local limit=$1 name=$2
+  shift 2
+  local rc=0
+  timeout "$limit" "$TORCH_PYTHON" "$ROOT/experiments/torch_reference_script.py" "$@" || rc=$?
+  # A cut training (rc 124) still has its best checkpoint: go on to the attack.
+  [ $rc = 0 ] || echo "$(date -u +%T) $name, $1: exit $rc" >&2
+}
+# Runs "$@" in the background with PARALLEL=1, else in the foreground.
+maybe_bg() { if [ "${PARALLEL:-0}" = 1 ]; then "$@" & else "$@"; fi; }
+# main_test_MIA.py takes these too (and refuses the learning rates).
 COMMON=(--arch=vgg11_bn --cutlayer=4 --batch_size=128 --num_client=1 --num_epochs="$EPOCHS"
-  --dataset=fmnist --scheme=V2_epoch --random_seed=125 --learning_rate=0.05 --local_lr=-1
-  --bottleneck_option=norelu_C8S1 --folder=saves)
+  --dataset=fmnist --scheme=V2_epoch --random_seed=125 --bottleneck_option=norelu_C8S1
+  --folder=saves)
 for name in $RUNS; do
   case $name in
     expert) reg=(--regularization=gan_adv_step1 --regularization_strength=0.3
@@ -49,17 +71,22 @@ for name in $RUNS; do
     *) echo "unknown run $name (expert, vanilla)" >&2; exit 2 ;;
   esac
   echo "$(date -u +%T) train $name"
-  run main_MIA.py "${COMMON[@]}" --filename="$name" "${reg[@]}" > "logs/${name}_train.log" 2>&1
+  maybe_bg run "$TRAIN_S" "$name" main_MIA.py "${COMMON[@]}" --filename="$name" \
+    --learning_rate=0.05 --local_lr=-1 "${reg[@]}" \
+    > "logs/${name}_train.log" 2>&1
 done
+wait
 for name in $RUNS; do
   echo "$(date -u +%T) attack $name"
-  run main_test_MIA.py "${COMMON[@]}" --filename="$name" --target_client=0 --test_best \
-    --attack_scheme=MIA --attack_epochs="$ATTACK_EPOCHS" --average_time=1 \
-    --gan_AE_type=res_normN4C64 --regularization=None --regularization_strength=0 \
-    > "logs/${name}_attack.log" 2>&1
+  maybe_bg run "$ATTACK_S" "$name" main_test_MIA.py "${COMMON[@]}" --filename="$name" \
+    --target_client=0 --test_best --attack_scheme=MIA --attack_epochs="$ATTACK_EPOCHS" \
+    --average_time=1 --gan_AE_type=res_normN4C64 --regularization=None \
+    --regularization_strength=0 > "logs/${name}_attack.log" 2>&1
 done
+wait
 echo "$(date -u +%T) done"
 for name in $RUNS; do
-  echo "== $name"; grep -h -A1 "Best Average Validation Accuracy\|MIA performance Score" \
-    "saves/$name/MIA.log" | tail -4
+  echo "== $name"
+  grep -h -A1 "Best Average Validation Accuracy\|MIA performance Score" "saves/$name/MIA.log" \
+    | tail -4 || true
 done
