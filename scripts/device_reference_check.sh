@@ -9,7 +9,7 @@
 # Question: does the reference's own code make an expert a fresh attacker cannot invert, at a
 # length ours does not (README "Resistance experiments at a glance")? Then the port is wrong.
 #   run(command="bash scripts/device_reference_check.sh", carry=[".carry"], timeout_s=590)
-# Env: EPOCHS (8), ATTACK_EPOCHS (20), TOTAL (deadline in s, 560), SIDES ("ref ours").
+# Env: EPOCHS (10), ATTACK_EPOCHS (20), TOTAL (deadline in s, 560), SIDES ("ref ours").
 # Prepare: bash scripts/prepare_device_check.sh /work/ref/ResSFL (adds .carry/tv, a
 # torchvision wheel for the device's torch, used only if that torch has none).
 # DEVICE_CHECK_SMOKE=1: a CPU test of the plumbing (smoke presets; the reference cut early).
@@ -30,7 +30,7 @@ if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   REF=${REF:-/work/ref/ResSFL}
   TORCHVISION=${TORCHVISION-$PWD/.torchvision}
 else
-  EPOCHS=${EPOCHS:-8} ATTACK_EPOCHS=${ATTACK_EPOCHS:-20} TOTAL=${TOTAL:-560}
+  EPOCHS=${EPOCHS:-10} ATTACK_EPOCHS=${ATTACK_EPOCHS:-20} TOTAL=${TOTAL:-560}
   DATA=$PWD/.carry/fashion-mnist
   REF=.carry/ResSFL
   D="--config.data.dataset=fashion_mnist --config.data.data_dir=$DATA"
