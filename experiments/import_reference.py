@@ -29,7 +29,8 @@ import numpy as np
 
 from experiments import common
 from experiments.configs import train as train_config
-from experiments.reference_parity import CLIENT_MAP, SERVER_MAP, load, to_flax
+from experiments.reference_parity import (CLIENT_MAP, SERVER_MAP, _check_same_structure, load,
+                                          to_flax)
 from ressfl_jax import checkpoints
 from ressfl_jax.state import create_sfl_state
 
@@ -114,13 +115,7 @@ def import_arrays(arrays: dict, config, workdir: str, *, epoch: int, source: dic
                                                     "batch_stats": state.clients.batch_stats}),
             "server": {"params": state.server.params, "batch_stats": state.server.batch_stats}}
     for part in ours:
-        want = {k: v.shape for k, v in _flat(ours[part]).items()}
-        got = {k: v.shape for k, v in _flat(weights[part]).items()}
-        if want != got:
-            raise ValueError(f"{part}: the reference arrays do not fit our model: missing "
-                             f"{sorted(set(want) - set(got))[:5]}, extra "
-                             f"{sorted(set(got) - set(want))[:5]}, shapes "
-                             f"{[k for k in set(want) & set(got) if want[k] != got[k]][:5]}")
+        _check_same_structure(ours[part], weights[part], part)
     state = load(state, weights, kinds=("client", "server"))
     meta = common.run_meta(config, dataset, model, kind="reference_import")
     meta["reference_source"] = source
@@ -130,11 +125,6 @@ def import_arrays(arrays: dict, config, workdir: str, *, epoch: int, source: dic
     manager.wait_until_finished()
     common.write_config(config, workdir)
     return directory
-
-
-def _flat(tree: dict) -> dict:
-    return {jax.tree_util.keystr(path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def main(argv=None):

@@ -6,9 +6,6 @@ linears, BN weight/bias/running_mean/running_var) and imported back; the restore
 server must equal it exactly, and the public API must compute the same smashed data.
 """
 
-import gzip
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -16,16 +13,15 @@ import pytest
 from experiments import import_reference as ir
 from experiments.reference_parity import CLIENT_MAP, SERVER_MAP
 from ressfl_jax import load_client_model
-from ressfl_jax.data import sources
+from tests.test_data import _write_idx_set
 
 
 def _write_tiny_fmnist(directory):
     rng = np.random.default_rng(0)
-    for name, shape in zip(sources.IDX_FILES, ((6, 28, 28), (6,), (4, 28, 28), (4,))):
-        array = rng.integers(0, 256 if len(shape) > 1 else 10, shape, dtype=np.uint8)
-        header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-        with gzip.open(os.path.join(directory, name), "wb") as f:
-            f.write(header + array.tobytes())
+    _write_idx_set(directory, rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+                   rng.integers(0, 10, 6, dtype=np.uint8),
+                   rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+                   rng.integers(0, 10, 4, dtype=np.uint8))
 
 
 def _subtree(tree, path):
@@ -101,7 +97,7 @@ def test_import_refuses_arrays_that_do_not_fit(imported, tmp_path):
     bad = dict(arrays)
     key = f"{ir.TAG}/client/4.weight"
     bad[key] = bad[key][:, :3]  # conv 64 -> 128 with 3 input channels
-    with pytest.raises(ValueError, match="client: the reference arrays do not fit"):
+    with pytest.raises(ValueError, match="client: converted reference weights do not fit our model"):
         ir.import_arrays(bad, config, str(tmp_path), epoch=0, source={})
     bad = dict(arrays)
     bad[f"{ir.TAG}/client/9.weight"] = np.zeros(3, np.float32)  # a layer we do not have
