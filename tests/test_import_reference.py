@@ -97,7 +97,8 @@ def test_import_refuses_arrays_that_do_not_fit(imported, tmp_path):
     bad = dict(arrays)
     key = f"{ir.TAG}/client/4.weight"
     bad[key] = bad[key][:, :3]  # conv 64 -> 128 with 3 input channels
-    with pytest.raises(ValueError, match="client: converted reference weights do not fit our model"):
+    with pytest.raises(ValueError,
+                       match="client: converted reference weights do not fit our model"):
         ir.import_arrays(bad, config, str(tmp_path), epoch=0, source={})
     bad = dict(arrays)
     bad[f"{ir.TAG}/client/9.weight"] = np.zeros(3, np.float32)  # a layer we do not have
