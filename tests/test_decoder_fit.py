@@ -30,14 +30,21 @@ def toy_pairs(n=40, seed=0):
 DECODER = build_decoder("conv_normN0C8", feature_shape=FEATURES, conv_impl="xla")
 
 
-def test_split_indices_is_the_seeded_legacy_numpy_shuffle():
-    train, val = decoder_fit.split_indices(10, 0.1, 123)
-    order = np.random.RandomState(123).permutation(10)
-    np.testing.assert_array_equal(train, order[:9])
-    np.testing.assert_array_equal(val, order[9:])
-    train, val = decoder_fit.split_indices(1000, 0.1, 123)
-    assert len(train) == 900 and len(val) == 100
-    assert sorted(np.concatenate([train, val]).tolist()) == list(range(1000))
+def test_split_indices_is_the_references_split():
+    # The reference (utils.apply_transform over ImageTensorFolder): files "{i}.jpg" in sorted
+    # glob order, positions shuffled by the legacy global RNG, the first floor(0.9 n) train.
+    for n in (10, 12, 1000):
+        names = sorted(f"{i}.jpg" for i in range(n))
+        positions = list(range(n))
+        np.random.seed(123)
+        np.random.shuffle(positions)
+        ids = [int(names[p][:-4]) for p in positions]
+        split = int(np.floor(0.9 * n))
+        train, val = decoder_fit.split_indices(n, 0.1, 123)
+        assert train.tolist() == ids[:split] and val.tolist() == ids[split:]
+        assert sorted(np.concatenate([train, val]).tolist()) == list(range(n))
+    train, val = decoder_fit.split_indices(12, 0.1, 123)  # Literal: string order matters here.
+    assert val.tolist() == [9, 10] and train.tolist()[:4] == [3, 0, 2, 7]
 
 
 def fit_settings(selection):
@@ -92,7 +99,7 @@ def test_fit_is_deterministic_given_the_key():
     ({"loss": "l1"}, 40, "l1"),
     ({"val_fraction": 1.5}, 40, "val_fraction"),
     ({"epochs": 0}, 40, "epochs"),
-    ({}, 3, "3 pairs"),
+    ({}, 1, "1 pairs"),  # floor(0.9) = 0 training pairs.
 ])
 def test_bad_fit_settings_raise(kwargs, n, match):
     features, images = toy_pairs(n)

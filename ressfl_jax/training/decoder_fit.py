@@ -60,21 +60,30 @@ class FitSettings:
                              f"{self.batch_size}.")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
-        n_val = int(round(num_pairs * self.val_fraction))
+        n_val = num_pairs - _num_train(num_pairs, self.val_fraction)
         if n_val < 1 or num_pairs - n_val < 1:
             raise ValueError(f"{num_pairs} pairs cannot be split {1 - self.val_fraction:.0%}/"
                              f"{self.val_fraction:.0%} into non-empty train and validation sets.")
 
 
 def split_indices(num_pairs: int, val_fraction: float, seed: int):
-    """(train, val) index arrays: a seeded shuffle, the first ``1 - val_fraction`` for training.
+    """(train, val) pair indices: a seeded shuffle, the first ``1 - val_fraction`` for training.
 
-    The reference shuffles with NumPy's legacy global RNG seeded 123 (spec §4.3.4); we use
-    ``np.random.RandomState(seed).permutation``, the same generator and algorithm.
+    Pair i is the i-th image of the source split. The reference shuffles with NumPy's legacy
+    global RNG seeded 123 (spec §4.3.4; ``np.random.RandomState(seed)`` is the same generator and
+    algorithm), but it shuffles POSITIONS in its pair files' glob order, ``sorted`` names
+    "{i}.jpg", i.e. i sorted as strings (0, 1, 10, 100, ...), and trains on the first
+    floor(0.9 n). We map the positions back to i so that every pair lands in the same split as
+    in the reference.
     """
-    order = np.random.RandomState(seed).permutation(num_pairs)
-    n_train = num_pairs - int(round(num_pairs * val_fraction))
+    files = np.array(sorted(range(num_pairs), key=str))
+    order = files[np.random.RandomState(seed).permutation(num_pairs)]
+    n_train = _num_train(num_pairs, val_fraction)
     return order[:n_train], order[n_train:]
+
+
+def _num_train(num_pairs: int, val_fraction: float) -> int:
+    return int(np.floor((1.0 - val_fraction) * num_pairs))  # The reference's floor(0.9 n).
 
 
 def _batches(n: int, batch_size: int):
