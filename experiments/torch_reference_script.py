@@ -13,7 +13,10 @@ scripts/setup_torch_reference.sh`` installs one under ``.torchvision``):
 
 The one change, from outside: ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` return
 ``self`` unless ``REF_DEVICE=cuda``, so the reference runs on a machine without a GPU.
-``REF_THREADS`` sets torch's intra-op threads (default 2). Standard library + torch only.
+``REF_THREADS`` sets torch's intra-op threads (default 2). ``REF_CIFAR_NO_MD5=1`` makes
+torchvision's CIFAR datasets accept files by existence instead of the official files' MD5s, for
+CIFAR written by ``ressfl_jax.data.sources.write_cifar10_python`` (same images, other bytes).
+Standard library + torch only.
 """
 
 import os
@@ -33,6 +36,10 @@ def main(argv):
     if os.environ.get("REF_DEVICE", "cpu") != "cuda":
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    if os.environ.get("REF_CIFAR_NO_MD5") == "1":
+        import torchvision.datasets.cifar as cifar
+
+        cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)
     torch.set_num_threads(int(os.environ.get("REF_THREADS", "2")))
     os.environ.setdefault("MPLBACKEND", "Agg")  # utils.py imports pyplot
     sys.path.insert(0, os.getcwd())

