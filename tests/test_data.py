@@ -278,6 +278,23 @@ def test_get_cifar10_refuses_a_wrong_file(tmp_path):
     assert not bad.exists()  # Removed, so the next run fetches it again.
 
 
+def test_write_cifar10_python_reads_back_both_ways(tmp_path):
+    train, test = _fake_cifar(7, 10, 5), _fake_cifar(3, 10, 6)
+    folder = tmp_path / "cifar-10-batches-py"
+    sources.write_cifar10_python(*train, *test, str(folder))
+    ds = sources.load_dataset("cifar10", data_dir=str(tmp_path))  # Our reader: bytes keys.
+    for got, want in ((ds.train_images, train[0]), (ds.train_labels, train[1]),
+                      (ds.test_images, test[0]), (ds.test_labels, test[1])):
+        np.testing.assert_array_equal(got, want)
+    # torchvision's CIFAR10 loads every batch with encoding="latin1" and reads str keys.
+    with open(folder / "data_batch_1", "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    np.testing.assert_array_equal(entry["data"], _chw(train[0][:2]))
+    assert entry["labels"] == train[1][:2].tolist()
+    with open(folder / "batches.meta", "rb") as f:
+        assert pickle.load(f, encoding="latin1")["label_names"][9] == "truck"
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_cifar_unpickler_protocols(protocol):
     images, labels = _fake_cifar(2, 10, 0)

@@ -7,8 +7,10 @@ checked here without it; the end-to-end part needs torch and an extracted refere
 
 import ast
 import os
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import torch_reference as tr
@@ -126,3 +128,33 @@ def test_reference_script_runner_runs_the_script_with_cuda_neutralised(tmp_path,
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     trs.main(["probe.py", "--x=1"])
     assert (tmp_path / "out.txt").read_text() == "probe.py --x=1"
+
+
+def test_reference_script_runner_lets_torchvision_read_our_cifar10(tmp_path):
+    """REF_CIFAR_NO_MD5=1: torchvision's CIFAR10 reads write_cifar10_python's files (which are
+    not the official bytes) instead of trying a download. Needs the torch virtualenv and its
+    torchvision (scripts/setup_torch_reference.sh; TORCH_PYTHON / TORCHVISION as there)."""
+    from ressfl_jax.data import sources
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torch_python = os.environ.get("TORCH_PYTHON", os.path.join(root, ".venv-torch/bin/python"))
+    torchvision = os.environ.get("TORCHVISION", os.path.join(root, ".torchvision"))
+    if not os.path.isfile(os.path.join(torchvision, "torchvision", "__init__.py")):
+        pytest.skip(f"no torchvision in {torchvision}")
+    if not os.path.isfile(torch_python):
+        pytest.skip(f"no torch python at {torch_python}")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(5)
+    sources.write_cifar10_python(images, labels, images[:2], labels[:2],
+                                 str(tmp_path / "data" / "cifar-10-batches-py"))
+    (tmp_path / "probe.py").write_text(
+        "import torchvision\n"
+        "d = torchvision.datasets.CIFAR10(root='./data', train=True, download=True)\n"
+        "open('out.txt', 'w').write(repr((d.data.tolist(), d.targets)))\n")
+    script = os.path.join(root, "experiments", "torch_reference_script.py")
+    subprocess.run([torch_python, script, "probe.py"], cwd=tmp_path, check=True, timeout=120,
+                   env={**os.environ, "REF_CIFAR_NO_MD5": "1", "PYTHONPATH": torchvision})
+    data, targets = ast.literal_eval((tmp_path / "out.txt").read_text())
+    np.testing.assert_array_equal(np.asarray(data, np.uint8), images)
+    assert targets == labels.tolist()
