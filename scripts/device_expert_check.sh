@@ -11,7 +11,8 @@
 # ~55 s of start-up and compiles per process, ~55 s to the first attacked checkpoint and ~15 s
 # per further one. For a longer run in one full call (~9.5 min), e.g.
 #   RUNS="eval vanilla" EPOCHS=80 STEPS=40,80 TOTAL=560 bash scripts/device_expert_check.sh
-# with timeout_s=590. DEVICE_CHECK_SMOKE=1: the smoke presets (a CPU test). DATA=cifar10: the
+# with timeout_s=590. KEEP="eval vanilla" keeps those run folders (checkpoints) beside results.tgz.
+# DEVICE_CHECK_SMOKE=1: the smoke presets (a CPU test). DATA=cifar10: the
 # paper's CIFAR-10 expert (preset paper_cifar10, phase 0 of 5 epochs, no LR-0 first epoch) and
 # attacks on 5,000 test images; DATA_DIR names the data (default: the loader's, see
 # scripts/get_cifar10.sh). On the dev CPU, e.g.
@@ -81,4 +82,5 @@ for r in rows[:: max(1, len(rows) // 8)] + rows[-1:]:
 EOF
   print_attacks "$OUT/attack_$run" "  fresh attack "
 done
-pack_results
+# shellcheck disable=SC2086  # KEEP: names to keep beside results.tgz (e.g. "eval vanilla").
+pack_results ${KEEP:-}
