@@ -47,7 +47,8 @@ RUNS=${RUNS:-eval batch}
 set_deadline "$TOTAL"
 
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.4
-# Attacks need ~55 s to the first checkpoint and ~15 s per further one (H100).
+# Attacks need ~55 s to the first checkpoint and ~15 s per further one (H100). Each run is
+# attacked as soon as its own training ends (a vanilla run's attack overlaps the experts').
 T=$(limit 100000 $((45 + 15 * $(echo "$STEPS" | tr ',' '\n' | grep -c .))))
 for run in $RUNS; do
   case $run in
@@ -55,15 +56,13 @@ for run in $RUNS; do
     eval|batch) main=experiments.pretrain extra=(--config.attacker.penalty_bn="$run") ;;
     *) echo "RUNS: unknown run '$run' (use eval, batch, vanilla)"; exit 2 ;;
   esac
-  # shellcheck disable=SC2086  # The option strings are meant to split.
-  stage "train_$run" "$T" $PY -m $main $PRE "${extra[@]}" --workdir="$OUT/$run" &
-done
-wait
-T=$(limit 100000 6)
-for run in $RUNS; do
-  # shellcheck disable=SC2086
-  stage "attack_$run" "$T" $PY -m experiments.attack $ATK --config.which=last \
-    --config.step="$STEPS" --config.checkpoint="$OUT/$run" --workdir="$OUT/attack_$run" &
+  (
+    # shellcheck disable=SC2086  # The option strings are meant to split.
+    stage "train_$run" "$T" $PY -m $main $PRE "${extra[@]}" --workdir="$OUT/$run"
+    # shellcheck disable=SC2086
+    stage "attack_$run" "$(limit 100000 6)" $PY -m experiments.attack $ATK --config.which=last \
+      --config.step="$STEPS" --config.checkpoint="$OUT/$run" --workdir="$OUT/attack_$run"
+  ) &
 done
 wait
 for run in $RUNS; do
