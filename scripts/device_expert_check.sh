@@ -12,11 +12,11 @@
 # per further one. For a longer run in one full call (~9.5 min), e.g.
 #   RUNS="eval vanilla" EPOCHS=80 STEPS=40,80 TOTAL=560 bash scripts/device_expert_check.sh
 # with timeout_s=590. KEEP="eval vanilla" keeps those run folders (checkpoints) beside results.tgz.
-# DEVICE_CHECK_SMOKE=1: the smoke presets (a CPU test). DATA=cifar10: the
+# DEVICE_CHECK_SMOKE=1: the smoke presets (a CPU test). DATASET=cifar10: the
 # paper's CIFAR-10 expert (preset paper_cifar10, phase 0 of 5 epochs, no LR-0 first epoch) and
 # attacks on 5,000 test images; DATA_DIR names the data (default: the loader's, see
 # scripts/get_cifar10.sh). On the dev CPU, e.g.
-#   PYTHON=.venv/bin/python OUT=runs/cifar10 DATA=cifar10
+#   PYTHON=.venv/bin/python OUT=runs/cifar10 DATASET=cifar10
 #   RUNS="eval vanilla" EPOCHS=3 STEPS=1,3 TOTAL=100000 bash scripts/device_expert_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   PRE="--config=experiments/configs/pretrain.py:smoke"
   ATK="--config=experiments/configs/attack.py:smoke"
   EPOCHS=${EPOCHS:-2} STEPS=${STEPS:-1,2} TOTAL=${TOTAL:-600}
-elif [ "${DATA:-fashion_mnist}" = cifar10 ]; then  # The paper's own expert data (all 50k).
+elif [ "${DATASET:-fmnist}" = cifar10 ]; then  # The paper's own expert data (all 50k).
   PRE="--config=experiments/configs/pretrain.py:paper_cifar10 --config.attacker.pretrain_epochs=5"
   PRE="$PRE --config.optim.zero_lr_first_epoch=False --config.run.ckpt_every_epochs=1"
   PRE="$PRE${DATA_DIR:+ --config.data.data_dir=$DATA_DIR}"

