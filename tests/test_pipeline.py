@@ -76,6 +76,31 @@ def test_cpu_preset_scales_every_stage_and_cpu_full_is_the_stage_presets():
     assert full.attack.to_json() == attack.get_config("cpu").to_json()
 
 
+def test_cifar10_split_preset_transfers_between_disjoint_class_halves():
+    from experiments.configs import attack, pretrain, transfer
+    c = pipeline_config.get_config("cifar10_split")
+    e, t = c.expert, c.target
+    # The paper's expert and Table 3 transfer settings, on the two halves of CIFAR-10.
+    assert (e.data.dataset, e.data.classes, t.data.dataset, t.data.classes) == (
+        "cifar10", "0-4", "cifar10", "5-9")
+    for key in ("arch", "cut_layer", "bottleneck", "width_mult"):   # transfer's check passes
+        assert e.model[key] == t.model[key] == pretrain.get_config("paper_cifar10").model[key]
+    paper_target = transfer.get_config("paper_cifar10_to_cifar100")
+    assert (t.data.num_clients, t.run.scheme, t.attacker.decoder, t.attacker.interval) == (
+        2, "sequential", "conv_normN0C16", 5) == (
+        paper_target.data.num_clients, paper_target.run.scheme, paper_target.attacker.decoder,
+        paper_target.attacker.interval)
+    assert (e.attacker.decoder, e.attacker.alpha, e.attacker.threshold, e.optim.lr) == (
+        "res_normN4C64", 0.3, 0.5, 0.05)
+    # Cut to 2 cores: 5 + 3 epochs, the LR milestone at each stage's last epoch, no LR-0 epoch.
+    assert (e.run.num_epochs, e.optim.milestones, t.run.num_epochs, t.optim.milestones) == (
+        5, (5,), 3, (3,))
+    assert not e.optim.zero_lr_first_epoch and not t.optim.zero_lr_first_epoch
+    assert e.data.dataset_portion == t.data.dataset_portion == 1.0
+    assert c.attack.decoders == "res_normN4C64" and c.attack.aux_max == 5000
+    assert c.attack.epochs == 20 and c.attack.targets == attack.get_config().targets == "train"
+
+
 def test_only_expert_modes_record_the_expert_path():
     from experiments import transfer
     assert [transfer.expert_for(m, "E") for m in ("lite", "naive", "freeze")] == ["E"] * 3
