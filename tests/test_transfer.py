@@ -135,3 +135,24 @@ def test_bad_transfer_is_refused_before_training(smoke_expert, tmp_path, overrid
 def test_expert_modes_need_an_expert(tmp_path):
     with pytest.raises(ValueError, match="transfer.expert"):
         transfer.run(smoke("", **{"transfer.mode": "naive"}), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_lite_with_an_inactive_hinge_trains_exactly_as_naive(smoke_expert, tmp_path):
+    # tau = 1: max(SSIM - 1, 0) is 0, so lite's only coupling to the clients is gone. Its extra
+    # work (phase 0, the decoder steps, their keys) must then leave the clients' and server's
+    # trajectory untouched: bit for bit naive's (as seen on CIFAR-10, where the lite decoder's
+    # SSIM stayed under 0.5 and lite == naive; README "CIFAR-10 class-split transfer").
+    runs = {}
+    for mode in ("lite", "naive"):
+        workdir = str(tmp_path / mode)
+        summary = transfer.run(smoke(smoke_expert, **{
+            "transfer.mode": mode, "attacker.threshold": 1.0, "run.num_epochs": 1}), workdir)
+        runs[mode] = summary, expert.load_extractor(workdir, which="last")
+    (lite, lite_ckpt), (naive, naive_ckpt) = runs["lite"], runs["naive"]
+    assert lite["last_train"]["train/penalty"] == 0.0
+    assert "train/penalty" not in naive["last_train"]
+    chex.assert_trees_all_equal(lite_ckpt.client, naive_ckpt.client)
+    chex.assert_trees_all_equal(lite_ckpt.server, naive_ckpt.server)
+    assert lite["final_accuracy"] == naive["final_accuracy"]
+    assert lite["last_train"]["train/ce_loss"] == naive["last_train"]["train/ce_loss"]
