@@ -10,7 +10,9 @@ attack every model with the same attackers on the same targets -> ``WORKDIR/repo
 the attacker decoders), the optimisation attack, client FLOPs per image and training img/s.
 Stages whose ``summary.json`` already exists are reused if their saved config is the requested
 one; a stage made with another config stops the pipeline with the keys that differ (delete the
-stage's folder to redo it).
+stage's folder to redo it). ``--config.stages=expert,vanilla`` (say) runs only those stages and
+their attacks, and writes no report: separate processes can run stages side by side
+(``scripts/device_split_check.sh``), and a last call with every stage reuses them and writes it.
 """
 
 import copy
@@ -95,6 +97,18 @@ def task_name(summary: dict) -> str:
     return f"{data['dataset']} {data['classes'] or 'all'}"
 
 
+def selected_stages(config, modes: list[str]) -> list[str]:
+    """The stages this call runs (``config.stages``; all of them if empty), checked."""
+    every = ["expert"] + (["vanilla"] if config.source_vanilla else []) + modes
+    wanted = [s.strip() for s in config.stages.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in every]
+    if unknown:
+        raise ValueError(f"Unknown stages {unknown} in --config.stages; this pipeline's "
+                         f"stages are {every} (modes from --config.modes, 'vanilla' only "
+                         "with --config.source_vanilla).")
+    return wanted or every
+
+
 def run(config, workdir: str, *, resume: bool = False) -> dict:
     """Runs (or reuses) every stage; returns the summary with the table rows."""
     del resume  # Every stage is reused or resumed on its own.
@@ -102,16 +116,19 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"Unknown transfer modes {unknown}; choose from {MODES}.")
+    stages = selected_stages(config, modes)
     expert_dir = os.path.join(workdir, "expert")
     source = config.expert
-    trained = {"expert (source task)": reuse_or_run(pretrain.run, source, expert_dir)}
-    dirs = {"expert (source task)": expert_dir}
-    if config.source_vanilla:
+    trained, dirs = {}, {}
+    if "expert" in stages:
+        trained["expert (source task)"] = reuse_or_run(pretrain.run, source, expert_dir)
+        dirs["expert (source task)"] = expert_dir
+    if "vanilla" in stages:
         # The same model, data and schedule as the expert, without the attacker-aware term.
         dirs["vanilla (source task)"] = os.path.join(workdir, "vanilla_source")
         trained["vanilla (source task)"] = reuse_or_run(train.run, source,
                                                          dirs["vanilla (source task)"])
-    for mode in modes:
+    for mode in (m for m in modes if m in stages):
         t = copy.deepcopy(config.target)
         t.transfer.mode = mode
         t.transfer.expert = transfer.expert_for(mode, expert_dir)
@@ -125,6 +142,8 @@ def run(config, workdir: str, *, resume: bool = False) -> dict:
         attacked = reuse_or_run(attack.run, a, os.path.join(dirs[name], "attack"))
         rows.append(table_row(name, task_name(summary), summary, attacked))
     result = {"rows": rows, "config": json.loads(config.to_json())}
+    if config.stages.strip():
+        return result  # A partial call (maybe one of several side by side) writes no report.
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(table(rows) + "\n")

@@ -11,11 +11,18 @@ from experiments.configs import pipeline as pipeline_config
 
 @pytest.mark.slow
 def test_smoke_pipeline_reuses_stages_and_writes_the_table(smoke_expert, tmp_path):
-    # The expert stage exists already (a copy of the shared smoke expert): it is reused.
-    shutil.copytree(smoke_expert, tmp_path / "expert")
     config = pipeline_config.get_config("smoke")
     config.modes = "lite,scratch"
     config.source_vanilla = False
+    # One stage alone (as a process beside others would): scratch needs no expert; no report.
+    config.stages = "scratch"
+    alone = pipeline.run(config, str(tmp_path))
+    assert [r["method"] for r in alone["rows"]] == ["scratch"]
+    assert sorted(os.listdir(tmp_path)) == ["transfer_scratch"]
+    # The expert stage exists already (a copy of the shared smoke expert): it is reused, and so
+    # is scratch.
+    shutil.copytree(smoke_expert, tmp_path / "expert")
+    config.stages = ""
     summary = pipeline.run(config, str(tmp_path))
     rows = {r["method"]: r for r in summary["rows"]}
     assert list(rows) == ["expert (source task)", "ResSFL (lite)", "scratch"]
@@ -31,6 +38,17 @@ def test_smoke_pipeline_reuses_stages_and_writes_the_table(smoke_expert, tmp_pat
     # A second run reuses everything (it would fail if it retrained: workdirs hold checkpoints).
     again = pipeline.run(config, str(tmp_path))
     assert again["rows"] == summary["rows"]
+    assert summary["rows"][2] == alone["rows"][0]
+
+
+def test_unknown_stage_is_refused_with_the_pipelines_stages(tmp_path):
+    config = pipeline_config.get_config("smoke")
+    config.modes, config.source_vanilla = "lite,scratch", False
+    for stages, bad in (("expert,naive", "naive"), ("vanilla", "vanilla")):
+        config.stages = stages
+        with pytest.raises(ValueError, match=rf"\['{bad}'\].*\['expert', 'lite', 'scratch'\]"):
+            pipeline.run(config, str(tmp_path))
+    assert os.listdir(tmp_path) == []
 
 
 def test_unknown_mode_is_refused(tmp_path):

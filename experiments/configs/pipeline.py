@@ -51,6 +51,12 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.source_vanilla = True          # Also train + attack the undefended model on the source
     #                                  task (the expert's comparison: same model and schedule).
     c.which = "best"                 # Checkpoint attacked: best test accuracy (reference).
+    c.stages = ""                    # Run only these stages now ("expert", "vanilla" and modes,
+    #                                  comma-separated; "" = all): separate processes can train
+    #                                  (and attack) stages side by side, e.g. the expert beside
+    #                                  vanilla and scratch on one GPU; such a partial call writes
+    #                                  no report, a last call with all stages reuses them and
+    #                                  writes it. A transfer from the expert needs it finished.
     if preset == "cpu":
         for stage in (c.expert, c.target):
             stage.data.dataset_portion = 0.1
