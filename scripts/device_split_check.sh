@@ -37,6 +37,7 @@ CFG+=(--config.modes="$MODES"
       --config.target.run.num_epochs="$TARGET_EPOCHS"
       --config.target.optim.milestones="($TARGET_EPOCHS,)")
 W=$OUT/split
+ALL=(expert vanilla ${MODES//,/ })  # Every stage of this pipeline, in its table's order.
 set_deadline "$TOTAL"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.15  # Up to 5 processes share the GPU.
 
@@ -51,12 +52,12 @@ launch() {  # One stage (and its attack) in its own pipeline process, in the bac
 
 from_expert=()
 launch expert
+expert_pid=$!
 launch vanilla
 for mode in ${MODES//,/ }; do
   case $mode in scratch|attacker_aware_from_scratch) launch "$mode" ;;
     *) from_expert+=("$mode") ;; esac
 done
-expert_pid=$(jobs -p | head -n 1)
 while [ ! -f "$W/expert/summary.json" ] && kill -0 "$expert_pid" 2> /dev/null; do sleep 2; done
 if [ -f "$W/expert/summary.json" ]; then
   for mode in "${from_expert[@]}"; do launch "$mode"; done
@@ -66,11 +67,10 @@ fi
 wait
 
 finished=()
-for s in expert vanilla ${MODES//,/ }; do
+for s in "${ALL[@]}"; do
   [ -f "$(dir_of "$s")/attack/summary.json" ] && finished+=("$s")
 done
-all=$((2 + $(echo "$MODES" | tr ',' '\n' | grep -c .)))
-if [ "${#finished[@]}" -eq "$all" ]; then
+if [ "${#finished[@]}" -eq "${#ALL[@]}" ]; then
   stages=""  # Every stage: the pipeline writes report.md and summary.json.
 else
   stages=$(IFS=,; echo "${finished[*]}")
@@ -80,7 +80,7 @@ if [ "${#finished[@]}" -gt 0 ]; then
   STAGE_TAIL=20 stage table "$(limit 100000 1)" $PY -m experiments.pipeline "${CFG[@]}" \
     --config.stages="$stages" --workdir="$W"
 fi
-for s in expert vanilla ${MODES//,/ }; do
+for s in "${ALL[@]}"; do
   echo "== $s: test accuracy per epoch"
   tr '\r' '\n' < "$OUT/stage_$s.log" | grep -o "epoch [0-9]*: test accuracy [0-9.]*" \
     | sed 's/test accuracy //' | tr '\n' ';'
