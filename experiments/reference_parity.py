@@ -3,7 +3,7 @@
   python -m experiments.reference_parity --reference=/work/ref/ResSFL \
       --torch_python=.venv-torch/bin/python --workdir=runs/parity
 
-Why. The short CPU experts show no resistance (README). That is either the scale (the paper's
+Why. The short CPU experts show no resistance (RESULTS.md). That is either the scale (the paper's
 experts train 200 epochs on CIFAR) or a porting error. Unit tests check our minimax against our
 own reading of the reference; this check runs the reference's OWN code and ours from the same
 weights on the same batches and compares every updated weight.

@@ -6,7 +6,7 @@
 # the undefended model, trained by experiments.train), EPOCHS (20), STEPS (the kept, attacked
 # epochs, "10,20"), TOTAL (deadline in seconds, 235). Every stage ends by the deadline.
 # The 2026-11-26 H100 run (defaults) asked: does a fresh attacker still succeed after 10 and 20
-# epochs, and with the penalty's decoder BatchNorm in batch mode? (Yes and yes: README,
+# epochs, and with the penalty's decoder BatchNorm in batch mode? (Yes and yes: RESULTS.md,
 # "Resistance on a GPU".) Seen there: ~3.6 s per epoch of 30k images per expert beside another,
 # ~55 s of start-up and compiles per process, ~55 s to the first attacked checkpoint and ~15 s
 # per further one. For a longer run in one full call (~9.5 min), e.g.

@@ -7,7 +7,7 @@
 # nearest-resized, no augmentation, the LR-0 first epoch, a 30-epoch phase 0 on the test split)
 # are attacked by experiments.attack with the reference's protocol and its 128 target images.
 # Question: does the reference's own code make an expert a fresh attacker cannot invert, at a
-# length ours does not (README "Resistance experiments at a glance")? Then the port is wrong.
+# length ours does not (RESULTS.md "Resistance experiments at a glance")? Then the port is wrong.
 #   run(command="bash scripts/device_reference_check.sh", carry=[".carry"], timeout_s=590)
 # Env: EPOCHS (10), ATTACK_EPOCHS (20), TOTAL (deadline in s, 560), SIDES ("ref ours").
 # Prepare: bash scripts/prepare_device_check.sh /work/ref/ResSFL (adds .carry/tv, a
@@ -15,7 +15,8 @@
 # DATASET=cifar10: both sides on the CIFAR-10 subset of `CARRY=cifar10 bash
 # scripts/prepare_device_check.sh /work/ref/ResSFL` (.carry/cifar10; the reference reads it as
 # torchvision's layout, see reference_fullrun.sh), our attack on 128 training images (the
-# reference's CIFAR-10 targets are test images its attacker trains on: README).
+# reference's CIFAR-10 targets are test images its attacker trains on: README,
+# "Design choices").
 # DEVICE_CHECK_SMOKE=1: a CPU test of the plumbing (smoke presets; the reference cut early).
 set -uo pipefail
 cd "$(dirname "$0")/.."

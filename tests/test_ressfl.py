@@ -12,7 +12,7 @@ import pytest
 from ressfl_jax import federated, losses, optim
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
-from ressfl_jax.state import create_sfl_state
+from ressfl_jax.state import create_sfl_state, sync_clients
 from ressfl_jax.training import ressfl, sfl
 
 K, B = 2, 4
@@ -242,3 +242,20 @@ def test_hinge_gate_equals_plain_autodiff(setup, schedule):
     # atol: float noise on gradients that are zero in exact arithmetic (conv biases before BN).
     chex.assert_trees_all_close(gated.clients, plain.clients, rtol=1e-6, atol=1e-6)
     chex.assert_trees_all_close(gated.server, plain.server, rtol=1e-6, atol=1e-6)
+
+
+def test_decoder_sync_averages_decoders_only_when_asked(setup):
+    state = setup[2]
+    # The setup's decoders trained on different clients' images, so the slots differ.
+    assert any(not np.array_equal(x[0], x[1]) for x in jax.tree.leaves(state.decoders.params))
+    kept = sync_clients(state)
+    chex.assert_trees_all_equal(kept.decoders, state.decoders)
+    synced = sync_clients(state, sync_decoders=True)
+    for name in ("params", "batch_stats"):
+        mean = jax.tree.map(lambda x: jnp.mean(x, 0), getattr(state.decoders, name))
+        for k in range(K):
+            chex.assert_trees_all_close(federated.unstack(getattr(synced.decoders, name), k),
+                                        mean, atol=1e-7)
+    # Adam's moments belong to the slots, as the clients' momentum does (reference semantics).
+    chex.assert_trees_all_equal(synced.decoders.opt_state, state.decoders.opt_state)
+    chex.assert_trees_all_equal(synced.clients.params, kept.clients.params)

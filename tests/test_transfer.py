@@ -142,7 +142,7 @@ def test_lite_with_an_inactive_hinge_trains_exactly_as_naive(smoke_expert, tmp_p
     # tau = 1: max(SSIM - 1, 0) is 0, so lite's only coupling to the clients is gone. Its extra
     # work (phase 0, the decoder steps, their keys) must then leave the clients' and server's
     # trajectory untouched: bit for bit naive's (as seen on CIFAR-10, where the lite decoder's
-    # SSIM stayed under 0.5 and lite == naive; README "CIFAR-10 class-split transfer").
+    # SSIM stayed under 0.5 and lite == naive; RESULTS.md "CIFAR-10 class-split transfer").
     runs = {}
     for mode in ("lite", "naive"):
         workdir = str(tmp_path / mode)

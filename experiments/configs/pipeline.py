@@ -15,7 +15,7 @@ Presets:
                norelu_C8S1, K=2; every stage cut to 10% of its training split (3k images) and
                one epoch, phase 0 to 2 epochs on 2,000 images, the attack to 1,000 auxiliary
                images and no optimisation attack. It shows the pipeline end to end; at this
-               scale the privacy numbers cannot separate the methods (README).
+               scale the privacy numbers cannot separate the methods (RESULTS.md).
   ``cpu_full`` the stages' own ``cpu`` presets (2 epochs, 35-50% of the splits, the optimisation
                attack): about 75 minutes on 2 cores.
   ``cifar10_split`` the paper's data, split as the ``cpu`` preset splits Fashion-MNIST: the

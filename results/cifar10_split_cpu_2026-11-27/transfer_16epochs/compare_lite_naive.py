@@ -1,4 +1,4 @@
-"""Reproduces the 16-epoch run's lite-vs-naive numbers (README bullet "At 16 epochs naive loses
+"""Reproduces the 16-epoch run's lite-vs-naive numbers (RESULTS.md bullet "At 16 epochs naive loses
 part of the resistance"): relative L2 distances of the final client/server arrays, and the lite
 attacker's logged SSIM/penalty from round 750 on. Run from the repo root on the dev VM, where
 runs/cifar10_split16 holds the checkpoints:
