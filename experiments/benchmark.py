@@ -4,6 +4,8 @@
   python -m experiments.benchmark --steps=vanilla --num_clients=1,2,10,100 \
       --schemes=parallel,sequential
   python -m experiments.benchmark --torch_reference=/work/ref/ResSFL --out=runs/bench
+  python -m experiments.benchmark --steps=vanilla --num_clients=16 --devices=1,2,4,8 \
+      --weak_scaling                       # K = 16 per device, sharded over 1..8 devices
 
 Steps, at the paper's shapes (VGG-11-bn, cut 4, ``norelu_C8S1``, batch 128 per client, synthetic
 CIFAR-sized data, augmentation off because the reference augments in its data loader, outside
@@ -29,6 +31,13 @@ the host's minor page faults and kernel (system) seconds per call (medians; see
 reports ours/theirs. The reference's process inherits this one's host allocator (jemalloc where
 installed, see ``ressfl_jax/host_memory.py``; ``RESSFL_JEMALLOC=0`` runs both on glibc).
 Results go to ``--out``/benchmark.{json,md}.
+
+``--devices`` shards the training steps' K client slots (and their decoders and optimizer
+states) over that many devices, as ``run.devices`` does in training (``ressfl_jax/sharding.py``;
+the server replicated). ``--weak_scaling`` reads ``--num_clients`` per device (K = that x
+devices); otherwise a K not divisible by a device count is skipped. Each sharded setting
+reports its img/s per device and its scaling efficiency: that per-device rate over the rate of
+the one-device setting with the same clients per device (the issue's target: >= 90%).
 """
 
 import functools
@@ -47,7 +56,7 @@ import optax
 from absl import app, flags
 
 from experiments import common, profiling
-from ressfl_jax import host_memory, optim
+from ressfl_jax import host_memory, optim, sharding
 from ressfl_jax.flops import lowered_flops
 from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder, parse_decoder
@@ -59,6 +68,10 @@ _STEPS = flags.DEFINE_list("steps", ["vanilla", "expert", "expert_hinge_off", "l
                            "Steps to time.")
 _CLIENTS = flags.DEFINE_list("num_clients", ["1", "2", "10"], "K for the vanilla step.")
 _SCHEMES = flags.DEFINE_list("schemes", ["parallel"], "Server schedules.")
+_DEVICES = flags.DEFINE_list("devices", ["1"],
+                             "Device counts to shard the training steps' clients over (-1: all).")
+_WEAK = flags.DEFINE_bool("weak_scaling", False,
+                          "--num_clients counts clients per device (K = that x devices).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Per-client batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 6, "Timed calls per setting (after one warm-up).")
 _BLOCKS = flags.DEFINE_integer("blocks", 2, "Alternating ours/theirs blocks (torch mode).")
@@ -167,12 +180,24 @@ def _batch(k, b, seed=0):
             "label": jnp.asarray(rng.integers(0, 10, (k, b)), jnp.int32)}
 
 
-def build(step: str, k: int, scheme: str, conv_impl: str | None = None):
+def build(step: str, k: int, scheme: str, conv_impl: str | None = None, devices: int = 1):
     """(call, args, samples per call, FLOPs per call or None) for one setting.
 
     ``call(*args)`` returns the new args[0]. FLOPs are None where XLA's count of the compiled
     ``call`` is the whole call (no loops). ``conv_impl`` defaults to the first ``--conv_impl``.
+    ``devices`` > 1 shards a training step's client slots over that many devices.
     """
+    if devices != 1:
+        fn, (state, batch, key), samples, flops = build(step, k, scheme, conv_impl)
+        mesh = sharding.client_mesh(devices)
+        sharding.check_divisible(k, mesh)
+        shardings = sharding.state_shardings(state, mesh)
+        state = sharding.put(state, shardings)
+        batch = sharding.put(batch, jax.tree.map(lambda _: sharding.by_client(mesh), batch))
+        key = jax.device_put(key, sharding.replicated(mesh))
+        # The output keeps the input's layout, so every timed call runs the compiled program.
+        fn = jax.jit(fn, donate_argnums=0, out_shardings=shardings)
+        return fn, (state, batch, key), samples, flops
     conv_impl = conv_impl or _CONV.value[0]
     model, b = _model(conv_impl), _BATCH.value
     tx = optim.make_sgd(0.05, momentum=0.9, weight_decay=5e-4)
@@ -223,8 +248,8 @@ def measure(settings, flops, profile_calls=0):
     ``flops[(step, k, scheme)]``: the setting's nominal FLOPs per call (``setting_flops``).
     """
     prepared = []
-    for step, k, scheme, conv_impl in settings:
-        fn, args, samples, _ = build(step, k, scheme, conv_impl)
+    for step, k, scheme, conv_impl, devices in settings:
+        fn, args, samples, _ = build(step, k, scheme, conv_impl, devices)
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
@@ -234,10 +259,10 @@ def measure(settings, flops, profile_calls=0):
         start = time.perf_counter()
         args = (jax.block_until_ready(compiled(*args)),) + args[1:]  # warm-up
         # One line per setting as it goes: a run cut by a time limit still says where it was.
-        print(f"{step} K={k} {scheme} {conv_impl}: compiled in {compile_s:.1f} s, first call "
-              f"{time.perf_counter() - start:.2f} s", flush=True)
+        print(f"{step} K={k} {scheme} {conv_impl} devices={devices}: compiled in "
+              f"{compile_s:.1f} s, first call {time.perf_counter() - start:.2f} s", flush=True)
         prepared.append(dict(step=step, num_clients=k, scheme=scheme, conv_impl=conv_impl,
-                             compiled=compiled,
+                             devices=devices, compiled=compiled,
                              args=args, samples=samples, compile_s=compile_s,
                              flops=flops[(step, k, scheme)],
                              memory_bytes=peak_bytes,
@@ -256,12 +281,12 @@ def measure(settings, flops, profile_calls=0):
         for p in prepared:
             trace_dir = os.path.join(_OUT.value or ".", "profile",
                                      f"{p['step']}_k{p['num_clients']}_{p['scheme']}"
-                                     f"_{p['conv_impl']}")
+                                     f"_{p['conv_impl']}_d{p['devices']}")
             rows, wall_s, p["args"] = profiling.profile_calls(
                 p["compiled"], p["args"], calls=profile_calls, trace_dir=trace_dir)
             p["profile"] = profiling.markdown(rows, calls=profile_calls, wall_s=wall_s)
-    keys = ("step", "num_clients", "scheme", "conv_impl", "compile_s", "flops", "memory_bytes",
-            "times", "minor_faults", "system_s", "samples", "profile")
+    keys = ("step", "num_clients", "scheme", "conv_impl", "devices", "compile_s", "flops",
+            "memory_bytes", "times", "minor_faults", "system_s", "samples", "profile")
     return [{k: p[k] for k in keys if k in p} for p in prepared]
 
 
@@ -290,6 +315,42 @@ def torch_block(names, repeats):
 TRAIN_STEPS = ("vanilla", "expert", "expert_hinge_off", "lite")
 
 
+def device_counts(values) -> list[int]:
+    """``--devices`` as ints (-1: every device), each checked against this job's devices."""
+    available = jax.device_count()
+    counts = []
+    for v in values:
+        n = available if int(v) == -1 else int(v)
+        if not 1 <= n <= available:
+            raise ValueError(f"--devices={v}: this job sees {available} "
+                             f"{jax.default_backend()} device(s); use -1 (all) or 1..{available} "
+                             "(on CPU, simulate more with XLA_FLAGS="
+                             "--xla_force_host_platform_device_count=N).")
+        counts.append(n)
+    return counts
+
+
+def make_settings(steps, num_clients, schemes, conv_impls, devices, weak_scaling=False):
+    """(step, K, scheme, conv_impl, devices) tuples: vanilla at every K, lite at K=2 and the
+    expert at K=1 (times the device count under weak scaling), attacks once on one device.
+    A training setting whose K does not split evenly over its devices is left out (said)."""
+    settings = []
+    for step in steps:
+        attack = step.startswith("attack_")
+        per = num_clients if step == "vanilla" else [2] if step == "lite" else [1]
+        for n in [1] if attack else devices:
+            for k in per:
+                total = k * n if weak_scaling else k
+                if total % n:
+                    print(f"skipping {step} K={total} on {n} devices: K must be divisible by "
+                          "the device count", flush=True)
+                    continue
+                settings += [(step, total, sc, impl, n)
+                             for sc in (["parallel"] if attack else schemes)
+                             for impl in conv_impls]
+    return settings
+
+
 def check_steps(steps) -> None:
     """Raises ValueError naming a step that is neither a training step nor attack_<decoder>."""
     for step in steps:
@@ -305,12 +366,8 @@ def main(argv):
     del argv
     check_steps(_STEPS.value)
     host_memory.keep_freed_memory()  # Before JAX's first computation (see its docstring).
-    settings = []
-    for step in _STEPS.value:
-        ks = ([int(k) for k in _CLIENTS.value] if step == "vanilla"
-              else [2] if step == "lite" else [1])
-        schemes = _SCHEMES.value if not step.startswith("attack_") else ["parallel"]
-        settings += [(step, k, s, impl) for k in ks for s in schemes for impl in _CONV.value]
+    settings = make_settings(_STEPS.value, [int(k) for k in _CLIENTS.value], _SCHEMES.value,
+                             _CONV.value, device_counts(_DEVICES.value), _WEAK.value)
     # Nominal FLOPs (every conv as its full matmul) on every backend and conv path, so FLOP/s
     # compare across paths (tapwise skips the padding's products); counted once per setting.
     flops = {key: setting_flops(*key) for key in sorted({s[:3] for s in settings})}
@@ -318,7 +375,8 @@ def main(argv):
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {jax.device_count()} dev)"
     blocks = _BLOCKS.value if _TORCH.value else 1
     ours, theirs = [], {}
-    names = sorted({TORCH_NAMES[(s, k)] for s, k, _, _ in settings if (s, k) in TORCH_NAMES})
+    names = sorted({TORCH_NAMES[(s, k)] for s, k, _, _, n in settings
+                    if (s, k) in TORCH_NAMES and n == 1})
     for block in range(blocks):  # Alternate ours and theirs: machine noise hits both alike.
         ours.append(measure(settings, flops, _PROFILE.value if block == 0 else 0))
         if block == 0 and _PROFILE.value:
@@ -356,22 +414,26 @@ def _report(ours, theirs, device, peak) -> str:
         r = summarise(blocks_of_one[0] | pooled, peak)
         results.append(r)
         torch_name = TORCH_NAMES.get((r["step"], r["num_clients"]))
-        if torch_name in theirs:
+        if torch_name in theirs and r["devices"] == 1:  # The reference runs on one device.
             per_step = statistics.median(theirs[torch_name])  # seconds per client step
             batch = 32 if r["step"].startswith("attack_") else _BATCH.value
             r["torch_name"], r["torch_images_per_sec"] = torch_name, batch / per_step
             r["ratio_vs_torch"] = r["images_per_sec"] / r["torch_images_per_sec"]
+    add_scaling(results)
     # This process's peak resident memory so far (Linux reports KiB): host buffers, XLA's CPU
     # temporaries and what the allocator keeps (the allocator A/B compares it).
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     allocator = host_memory.allocator()
-    table = _markdown(results, device, peak, _DTYPE.value, allocator, peak_rss_mb)
+    device_peak_mb = device_peak_memory_mb()
+    table = _markdown(results, device, peak, _DTYPE.value, allocator, peak_rss_mb,
+                      device_peak_mb)
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
         with open(os.path.join(_OUT.value, "benchmark.json"), "w") as f:
             json.dump({"device": device, "dtype": _DTYPE.value, "allocator": allocator,
                        "malloc_conf": os.environ.get("MALLOC_CONF"),
                        "host_peak_rss_mb": peak_rss_mb,
+                       "device_peak_memory_mb": device_peak_mb,
                        "matmul_peak_gflops": peak, "argv": sys.argv,
                        "results": results}, f, indent=2)
         with open(os.path.join(_OUT.value, "benchmark.md"), "w") as f:
@@ -379,22 +441,50 @@ def _report(ours, theirs, device, peak) -> str:
     return table
 
 
+def device_peak_memory_mb() -> float | None:
+    """The largest peak of device memory in use so far over the local devices (the allocator's
+    own count, GPU/TPU), or None where the backend keeps none (CPU): one number for the whole
+    process, every setting so far; per setting, XLA's estimate is the "memory MB" column."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) / 2 ** 20 if peaks else None
+
+
+def add_scaling(results) -> None:
+    """Per-device img/s of every setting, and for sharded ones the scaling efficiency: per-device
+    img/s over the img/s of the one-device setting with the same clients per device."""
+    def key(r):
+        return (r["step"], r["scheme"], r["conv_impl"], r["num_clients"] // r["devices"])
+
+    single = {key(r): r["images_per_sec"] for r in results if r["devices"] == 1}
+    for r in results:
+        r["images_per_sec_per_device"] = r["images_per_sec"] / r["devices"]
+        if r["devices"] > 1 and key(r) in single:
+            r["scaling_efficiency"] = r["images_per_sec_per_device"] / single[key(r)]
+
+
 def _markdown(results, device, peak, dtype="float32", allocator="default",
-              peak_rss_mb=None) -> str:
+              peak_rss_mb=None, device_peak_mb=None) -> str:
     rss = "" if peak_rss_mb is None else f"; host peak RSS {peak_rss_mb:,.0f} MB"
+    if device_peak_mb is not None:
+        rss += f"; device peak memory in use {device_peak_mb:,.0f} MB"
     lines = [f"device: {device}; compute dtype {dtype}; measured {dtype} matmul peak "
              f"{peak:.0f} GFLOP/s; host allocator {allocator}{rss}",
-             "", "| step | K | scheme | conv | compile s | median s | min-max s | img/s | "
-             "GFLOP/s | % peak | memory MB | page faults/call | system s/call | torch img/s | "
-             "ours/torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| step | K | devices | scheme | conv | compile s | median s | min-max s | "
+             "img/s | img/s per device | scaling | GFLOP/s | % peak | memory MB | "
+             "page faults/call | system s/call | torch img/s | ours/torch |",
+             "|" + "---|" * 18]
     for r in results:
         mem = "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 2 ** 20:.0f}"
         torch = (f"{r['torch_images_per_sec']:.0f} | {r['ratio_vs_torch']:.2f}"
                  if "ratio_vs_torch" in r else "- | -")
-        lines.append(f"| {r['step']} | {r['num_clients']} | {r['scheme']} | {r['conv_impl']} | "
+        scaling = (f"{100 * r['scaling_efficiency']:.0f}%" if "scaling_efficiency" in r
+                   else "-")
+        lines.append(f"| {r['step']} | {r['num_clients']} | {r['devices']} | {r['scheme']} | "
+                     f"{r['conv_impl']} | "
                      f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {min(r['times']):.3f}-"
                      f"{max(r['times']):.3f} | {r['images_per_sec']:.0f} | "
+                     f"{r['images_per_sec_per_device']:.0f} | {scaling} | "
                      f"{r['gflops_per_sec']:.0f} | {100 * r['peak_fraction']:.0f} | {mem} | "
                      f"{statistics.median(r['minor_faults']):.0f} | "
                      f"{statistics.median(r['system_s']):.3f} | {torch} |")
