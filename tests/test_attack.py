@@ -89,10 +89,13 @@ def test_decoder_selection_never_reads_the_targets(dataset, selection):
                                 dataset.train_images[:8], jpeg=False)
     poisoned = dataclasses.replace(data, target_truth=jnp.full_like(data.target_truth, jnp.nan))
     fit = decoder_fit.FitSettings(epochs=2, batch_size=8, selection=selection)
+    # The clean selection with 2 colluders: picking one of them must not read the targets.
+    colluders = 2 if selection == "val_mean" else 1
     clean, recon = learned.learned_attack(jax.random.key(0), data, decoder_type="conv_normN0C8",
-                                          settings=fit)
+                                          settings=fit, colluders=colluders)
     bad, bad_recon = learned.learned_attack(jax.random.key(0), poisoned,
-                                            decoder_type="conv_normN0C8", settings=fit)
+                                            decoder_type="conv_normN0C8", settings=fit,
+                                            colluders=colluders)
     # Training and selection are identical; only the final metrics see the (NaN) targets.
     assert clean["best_val_loss"] == bad["best_val_loss"]
     np.testing.assert_array_equal(recon, bad_recon)
@@ -132,6 +135,25 @@ def test_best_of_colluders_per_seed_then_mean_over_seeds():
     np.testing.assert_allclose(metrics["mse"], best.mean(), atol=1e-7)
     np.testing.assert_allclose(metrics["mse_std"], best.std(), atol=1e-7)
     np.testing.assert_allclose(recon, 0.4)  # seed 0's best colluder
+
+
+def test_clean_selection_picks_colluders_by_validation_loss_not_targets():
+    truth = jnp.full((4, 32, 32, 3), 0.5)
+    features = jnp.zeros((4, 8, 8, 3))
+
+    class Constant:
+        def apply(self, variables, x, train):
+            del train
+            return jnp.broadcast_to(variables["c"], (x.shape[0], 32, 32, 3))
+
+    cs = jnp.array([0.1, 0.4, 0.3, 0.5, 0.2, 0.45])
+    val_loss = [0.1, 0.9, 0.5, 0.3, 0.2, 0.9]  # seed 0 picks c = 0.1, seed 1 c = 0.2
+    metrics, recon = learned.evaluate(Constant(), {"c": cs}, features, truth, seeds=2,
+                                      colluders=3, val_loss=val_loss)
+    np.testing.assert_allclose(metrics["mse_per_seed"], [0.4 ** 2, 0.3 ** 2], atol=1e-6)
+    np.testing.assert_allclose(metrics["psnr_per_seed"],
+                               [10 * np.log10(1 / 0.16), 10 * np.log10(1 / 0.09)], rtol=1e-5)
+    np.testing.assert_allclose(recon, 0.1)
 
 
 def test_worst_case_picks_each_metric_separately():

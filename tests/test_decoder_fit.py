@@ -94,6 +94,31 @@ def test_fit_is_deterministic_given_the_key():
     chex.assert_trees_all_equal(a, b)
 
 
+def test_stacked_fits_equal_separate_fits():
+    # Seeds and colluders train as one vmapped program over S keys: each fit must be the fit
+    # its key makes alone. Compared by what the fit does, not weight by weight: the conv
+    # biases in front of BatchNorm get a zero gradient up to rounding, which Adam scales to
+    # full-size steps, so they (and the running means that absorb them) differ between any
+    # two compilations while leaving every output unchanged (the reference's too).
+    features, images = toy_pairs()
+    settings = fit_settings(decoder_fit.FitSettings().selection)
+    keys = jax.random.split(jax.random.key(5), 2)
+    both, info = decoder_fit.fit_decoders(keys, DECODER, features, images, settings)
+    assert info["best_val_loss"][0] != info["best_val_loss"][1]  # different inits
+    for i in range(2):
+        alone, alone_info = decoder_fit.fit_decoder(keys[i], DECODER, features, images,
+                                                    settings)
+        np.testing.assert_allclose(info["val_loss"][i], alone_info["val_loss"], rtol=1e-5)
+        np.testing.assert_allclose(info["train_loss"][i], alone_info["train_loss"], rtol=1e-5)
+        # Eval mode: the running means track those biases only on average (0.2% here).
+        mine = jax.tree.map(lambda x: x[i], both)
+        recon = DECODER.apply(mine, features, train=False)
+        np.testing.assert_allclose(recon, DECODER.apply(alone, features, train=False),
+                                   atol=5e-3)
+        other = DECODER.apply(jax.tree.map(lambda x: x[1 - i], both), features, train=False)
+        assert np.max(np.abs(recon - other)) > 0.05  # what a mixed-up key would look like
+
+
 @pytest.mark.parametrize("kwargs, n, match", [
     ({"selection": "best_test"}, 40, "best_test"),
     ({"loss": "l1"}, 40, "l1"),

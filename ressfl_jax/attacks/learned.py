@@ -102,27 +102,38 @@ def _per_image_metrics(decoder, variables, features, truth):
     return jax.lax.map(one, variables)
 
 
-def evaluate(decoder, variables, features, truth, *, seeds: int, colluders: int):
+def evaluate(decoder, variables, features, truth, *, seeds: int, colluders: int,
+             val_loss=None):
     """Metrics of ``seeds * colluders`` stacked decoders on the targets (spec §7.4-7.5).
 
+    Args:
+      val_loss: None (the reference): per seed, the best MSE, SSIM and PSNR over colluders,
+        each on the targets (they may come from different colluders). Or each decoder's
+        attacker-side validation loss [S] (clean): per seed, the colluder with the lowest one,
+        all three metrics from it, so no choice reads the targets.
+
     Returns:
-      (metrics, recon): metrics = {'mse', 'ssim', 'psnr'} means over seeds of the per-seed best
-      over colluders, their population std over seeds ('*_std'), and 'per_seed' lists;
-      ``recon`` float32 [T, H, W, 3] from the seed-0 decoder with the lowest MSE.
+      (metrics, recon): metrics = {'mse', 'ssim', 'psnr'} means over seeds of the per-seed
+      values, their population std over seeds ('*_std'), and 'per_seed' lists; ``recon``
+      float32 [T, H, W, 3] from seed 0's chosen decoder (reference: its lowest target MSE).
     """
     mse, ssim, psnr, recon = jax.device_get(
         _per_image_metrics(decoder, variables, features, truth))
     shape = (seeds, colluders)
-    # Per decoder: the mean over targets; per seed: the best over colluders (spec §7.5).
-    best = {"mse": mse.mean(1).reshape(shape).min(1),
-            "ssim": ssim.mean(1).reshape(shape).max(1),
-            "psnr": psnr.mean(1).reshape(shape).max(1)}
+    mse, ssim, psnr = (m.mean(1).reshape(shape) for m in (mse, ssim, psnr))  # per decoder
+    if val_loss is None:  # Per seed: the best over colluders (spec §7.5).
+        best = {"mse": mse.min(1), "ssim": ssim.max(1), "psnr": psnr.max(1)}
+        chosen = int(np.argmin(mse[0]))
+    else:
+        pick = np.argmin(np.asarray(val_loss).reshape(shape), axis=1)
+        rows = np.arange(seeds)
+        best = {"mse": mse[rows, pick], "ssim": ssim[rows, pick], "psnr": psnr[rows, pick]}
+        chosen = int(pick[0])
     metrics = {}
     for name, values in best.items():
         metrics[name] = float(values.mean())
         metrics[f"{name}_std"] = float(values.std())
         metrics[f"{name}_per_seed"] = [float(v) for v in values]
-    chosen = int(np.argmin(mse.mean(1)[:colluders]))
     return metrics, np.asarray(recon[chosen])
 
 
@@ -152,8 +163,11 @@ def learned_attack(key, data: AttackData, *, decoder_type: str,
     keys = jax.random.split(key, seeds * colluders)
     variables, info = decoder_fit.fit_decoders(keys, decoder, data.aux_features,
                                                data.aux_targets, settings)
+    # The clean selection (val_mean) also picks colluders on the attacker's validation loss.
+    clean = settings.selection == "val_mean"
     metrics, recon = evaluate(decoder, variables, data.target_features, data.target_truth,
-                              seeds=seeds, colluders=colluders)
+                              seeds=seeds, colluders=colluders,
+                              val_loss=info["best_val_loss"] if clean else None)
     result = {"decoder": decoder_type, **metrics, "best_val_loss": info["best_val_loss"],
               "val_loss": info["val_loss"][0], "num_aux_train": info["num_train"],
               "num_aux_val": info["num_val"]}
