@@ -75,6 +75,21 @@ def test_attack_every_saved_step(smoke_expert, tmp_path):
     assert summary["grid_rows"] == ["targets", "conv_normN0C8", "optimization"]
     with open(tmp_path / "summary.json") as f:
         assert json.load(f)["results"][2]["step"] == 2
+    # The grid's arrays: the first grid_images (smoke: 4) targets, one row per grid row, in
+    # grid_rows order.
+    with np.load(tmp_path / "recon" / "last_2.npz") as grid:
+        assert list(grid) == summary["grid_rows"]
+        assert {grid[k].shape for k in grid} == {(4, 32, 32, 3)}
+    # Scalars per attacked step, in metrics.jsonl and TensorBoard event files.
+    with open(tmp_path / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    assert [r["step"] for r in logged] == [0, 1, 2]
+    for row, result in zip(logged, summary["results"]):
+        assert row["attack/worst_case/mse"] == pytest.approx(result["worst_case"]["mse"])
+        assert row["attack/conv_normN0C8/ssim"] == pytest.approx(result["attacks"][0]["ssim"])
+        assert row["attack/accuracy"] == pytest.approx(result["accuracy"])
+        assert "attack/optimization/psnr" in row
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
     # Resuming reuses finished steps instead of attacking them again.
     again = attack.run(smoke(smoke_expert, step="all"), str(tmp_path), resume=True)
     assert again["results"] == summary["results"]

@@ -48,8 +48,9 @@ def test_bf16_forward_is_close_to_f32_with_the_same_float32_params():
             return z, sfl.server_apply(model, sp, ss, z, None, train=False)[0]
         return f(x)
 
-    (z, want), (z16, got) = logits(f32), logits(bf16)
-    assert z16.dtype == jnp.bfloat16 and got.dtype == jnp.float32  # Logits/loss stay float32.
+    (z32, want), (z16, got) = logits(f32), logits(bf16)
+    assert z32.dtype == jnp.float32 and z16.dtype == jnp.bfloat16
+    assert got.dtype == jnp.float32  # Logits/loss stay float32.
     assert float(jnp.max(jnp.abs(got - want))) < 0.05 * float(jnp.max(jnp.abs(want))) + 1e-3
     assert not np.array_equal(np.asarray(got), np.asarray(want))  # bf16 really computed.
 

@@ -156,3 +156,33 @@ def test_lite_with_an_inactive_hinge_trains_exactly_as_naive(smoke_expert, tmp_p
     chex.assert_trees_all_equal(lite_ckpt.server, naive_ckpt.server)
     assert lite["final_accuracy"] == naive["final_accuracy"]
     assert lite["last_train"]["train/ce_loss"] == naive["last_train"]["train/ce_loss"]
+
+
+@pytest.mark.parametrize("preset, source, target", [
+    ("paper_cifar10_to_cifar100", "cifar10", "cifar100"),
+    ("paper_cifar100_to_cifar10", "cifar100", "cifar10"),
+])
+def test_paper_transfer_presets_are_the_references_lite_run(preset, source, target):
+    # Spec §6 / Table 3's lite run: VGG-11-bn cut 4 + C8S1, K=2 in the V2 (sequential) order,
+    # conv_normN0C16 every 5 rounds, alpha 0.3, tau 0.5, clients at 0.005, server at 0.05,
+    # batch 128, 200 epochs with the reference's schedule, the target's own normalisation.
+    c = transfer_config.get_config(preset)
+    assert (c.model.arch, c.model.cut_layer, c.model.bottleneck) == ("vgg11_bn", 4,
+                                                                     "norelu_C8S1")
+    assert (c.data.dataset, c.data.num_clients, c.data.batch_size) == (target, 2, 128)
+    assert c.run.scheme == "sequential" and c.run.num_epochs == 200
+    assert (c.attacker.decoder, c.attacker.interval, c.attacker.alpha, c.attacker.threshold,
+            c.attacker.loss) == ("conv_normN0C16", 5, 0.3, 0.5, "ssim")
+    assert c.optim.lr == 0.05 and tuple(c.optim.milestones) == (60, 120, 160)
+    assert c.optim.zero_lr_first_epoch
+    assert c.transfer.expert == f"runs/expert_{source}" and c.transfer.normalization == "target"
+    for mode, lr in [("lite", 0.005), ("naive", 0.005), ("freeze", 0.0), ("scratch", 0.05)]:
+        c.transfer.mode = mode
+        assert transfer.client_lr(c) == lr, mode
+
+
+def test_cpu_transfer_preset_targets_the_other_half_of_the_classes():
+    c = transfer_config.get_config("cpu")
+    assert (c.data.dataset, c.data.classes) == ("fashion_mnist", "5-9")
+    assert c.transfer.expert == "runs/pretrain_cpu" and c.transfer.mode == "lite"
+    assert (c.attacker.decoder, c.attacker.interval) == ("conv_normN0C16", 5)
