@@ -117,19 +117,23 @@ def test_metrics_match_numpy():
     assert same["mse"] == 0 and same["ssim"] == pytest.approx(1.0, abs=1e-5)
 
 
+class ConstantDecoder:
+    """Stacked 'decoders' that each output a constant c: MSE on 0.5-gray targets = (c - .5)^2."""
+
+    def apply(self, variables, x, train):
+        del train
+        return jnp.broadcast_to(variables["c"], (x.shape[0], 32, 32, 3))
+
+
+def evaluate_constants(cs, **kwargs):
+    """``learned.evaluate`` of constant decoders ``cs`` (2 seeds x 3 colluders) on gray images."""
+    return learned.evaluate(ConstantDecoder(), {"c": jnp.array(cs)}, jnp.zeros((4, 8, 8, 3)),
+                            jnp.full((4, 32, 32, 3), 0.5), seeds=2, colluders=3, **kwargs)
+
+
 def test_best_of_colluders_per_seed_then_mean_over_seeds():
-    # 2 seeds x 3 colluders of a decoder that outputs a constant c: MSE = mean((c - x)^2).
-    truth = jnp.full((4, 32, 32, 3), 0.5)
-    features = jnp.zeros((4, 8, 8, 3))
-
-    class Constant:
-        def apply(self, variables, x, train):
-            del train
-            return jnp.broadcast_to(variables["c"], (x.shape[0], 32, 32, 3))
-
-    cs = jnp.array([0.1, 0.4, 0.3, 0.5, 0.2, 0.45])  # seed 0: .1 .4 .3; seed 1: .5 .2 .45
-    metrics, recon = learned.evaluate(Constant(), {"c": cs}, features, truth, seeds=2,
-                                      colluders=3)
+    # seed 0: .1 .4 .3; seed 1: .5 .2 .45
+    metrics, recon = evaluate_constants([0.1, 0.4, 0.3, 0.5, 0.2, 0.45])
     best = np.array([(0.5 - 0.4) ** 2, 0.0])  # per seed: the colluder closest to 0.5
     np.testing.assert_allclose(metrics["mse_per_seed"], best, atol=1e-7)
     np.testing.assert_allclose(metrics["mse"], best.mean(), atol=1e-7)
@@ -138,18 +142,8 @@ def test_best_of_colluders_per_seed_then_mean_over_seeds():
 
 
 def test_clean_selection_picks_colluders_by_validation_loss_not_targets():
-    truth = jnp.full((4, 32, 32, 3), 0.5)
-    features = jnp.zeros((4, 8, 8, 3))
-
-    class Constant:
-        def apply(self, variables, x, train):
-            del train
-            return jnp.broadcast_to(variables["c"], (x.shape[0], 32, 32, 3))
-
-    cs = jnp.array([0.1, 0.4, 0.3, 0.5, 0.2, 0.45])
     val_loss = [0.1, 0.9, 0.5, 0.3, 0.2, 0.9]  # seed 0 picks c = 0.1, seed 1 c = 0.2
-    metrics, recon = learned.evaluate(Constant(), {"c": cs}, features, truth, seeds=2,
-                                      colluders=3, val_loss=val_loss)
+    metrics, recon = evaluate_constants([0.1, 0.4, 0.3, 0.5, 0.2, 0.45], val_loss=val_loss)
     np.testing.assert_allclose(metrics["mse_per_seed"], [0.4 ** 2, 0.3 ** 2], atol=1e-6)
     np.testing.assert_allclose(metrics["psnr_per_seed"],
                                [10 * np.log10(1 / 0.16), 10 * np.log10(1 / 0.09)], rtol=1e-5)
