@@ -44,6 +44,7 @@ import functools
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -362,9 +363,23 @@ def check_steps(steps) -> None:
         parse_decoder(step[len("attack_"):])  # its own clear error for a bad decoder type
 
 
+def check_torch_reference(reference: str, python: str) -> None:
+    """Raises ValueError, before anything is timed, if ``--torch_reference`` is not a checkout
+    of the reference or ``--torch_python`` is not an interpreter (both named, with the fix)."""
+    if not os.path.isfile(os.path.join(reference, "MIA_torch.py")):
+        raise ValueError(f"--torch_reference={reference}: no MIA_torch.py there; give a checkout "
+                         "of github zlijingtao/ResSFL (its top folder).")
+    if shutil.which(python) is None:
+        raise ValueError(f"--torch_python={python}: not an executable; create the torch "
+                         f"virtualenv with `bash scripts/setup_torch_reference.sh {reference}` "
+                         "or pass its python.")
+
+
 def main(argv):
     del argv
     check_steps(_STEPS.value)
+    if _TORCH.value:
+        check_torch_reference(_TORCH.value, _TORCH_PY.value)
     host_memory.keep_freed_memory()  # Before JAX's first computation (see its docstring).
     settings = make_settings(_STEPS.value, [int(k) for k in _CLIENTS.value], _SCHEMES.value,
                              _CONV.value, device_counts(_DEVICES.value), _WEAK.value)

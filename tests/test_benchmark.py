@@ -59,6 +59,64 @@ def test_benchmark_writes_every_setting(tmp_path):
     assert "ThunkExecutor::" not in profile and "| `$" not in profile
 
 
+FAKE_TORCH = """#!/bin/sh
+# Stands in for the torch interpreter: logs its arguments and writes the reference harness's
+# JSON (experiments/torch_reference.py) with a canned 0.01 s per client step.
+echo "$@" >> "$(dirname "$0")/calls"
+[ -n "$FAIL" ] && exit 3
+for a in "$@"; do case $a in --out=*) out=${a#--out=};; --configs=*) cfg=${a#--configs=};; esac
+done
+printf '[{"name": "%s", "step_s": [0.01, 0.01]}]' "$cfg" > "$out"
+"""
+
+
+def _fake_reference(tmp_path):
+    reference = tmp_path / "ResSFL"
+    reference.mkdir()
+    (reference / "MIA_torch.py").write_text("")
+    python = tmp_path / "fake_python"
+    python.write_text(FAKE_TORCH)
+    python.chmod(0o755)
+    return reference, python
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_torch_reference_blocks_alternate_and_give_ratios(tmp_path, monkeypatch, fail):
+    reference, python = _fake_reference(tmp_path)
+    if fail:
+        monkeypatch.setenv("FAIL", "1")
+    out = tmp_path / "out"
+    flags.FLAGS(["benchmark", "--steps=attack_conv_normN0C16", "--width_mult=0.0625",
+                 "--repeats=4", "--blocks=2", "--conv_impl=xla", f"--out={out}",
+                 f"--torch_reference={reference}", f"--torch_python={python}"])
+    try:
+        benchmark.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    calls = (tmp_path / "calls").read_text().splitlines()
+    (r,) = json.loads((out / "benchmark.json").read_text())["results"]
+    if fail:  # ours are kept; the reference's failure ends the alternation
+        assert len(calls) == 1 and len(r["times"]) == 4 and "ratio_vs_torch" not in r
+        return
+    # Two blocks of ours (4 timed calls each, pooled) alternate with two of the reference's
+    # (repeats // blocks = 2 calls each), which times the same work under its own name.
+    assert len(calls) == 2 and len(r["times"]) == 8
+    assert all(f"--reference={reference}" in c and "--configs=attack_conv_normN0C16" in c
+               and "--repeats=2" in c and "--device=cpu" in c for c in calls)
+    assert r["torch_images_per_sec"] == pytest.approx(32 / 0.01)  # the attack's batch is 32
+    assert r["ratio_vs_torch"] == pytest.approx(r["images_per_sec"] / 3200)
+    assert "ours/torch" in (out / "benchmark.md").read_text()
+
+
+def test_a_bad_torch_reference_is_refused_before_timing(tmp_path):
+    reference, python = _fake_reference(tmp_path)
+    with pytest.raises(ValueError, match="no MIA_torch.py there"):
+        benchmark.check_torch_reference(str(tmp_path), str(python))
+    with pytest.raises(ValueError, match="setup_torch_reference.sh"):
+        benchmark.check_torch_reference(str(reference), str(tmp_path / "no_python"))
+    benchmark.check_torch_reference(str(reference), str(python))
+
+
 def _write_trace(path, events):
     path.mkdir(parents=True)
     with gzip.open(path / "host.trace.json.gz", "wt") as f:

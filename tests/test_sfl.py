@@ -12,7 +12,7 @@ import pytest
 from ressfl_jax import federated, losses, optim
 from ressfl_jax.models import build_split_model
 from ressfl_jax.state import create_sfl_state, sync_clients
-from ressfl_jax.training import sfl
+from ressfl_jax.training import loop, sfl
 
 K, B = 3, 4
 
@@ -265,3 +265,19 @@ def test_apply_penalty_skips_the_backward_when_every_gate_is_closed(stacked):
             np.testing.assert_array_equal(grad, np.zeros_like(grad))
         else:
             assert np.abs(np.asarray(grad)).max() > 0
+
+
+def test_the_loops_step_donates_the_state_not_the_data(model):
+    # loop.make_indexed_step donates the state: XLA writes the new state into the old one's
+    # buffers (no second copy of every client, optimizer and server state at the peak), while
+    # the device-resident dataset it gathers each round's batch from stays alive.
+    state = make_state(model, K)
+    rng = np.random.default_rng(0)
+    data = {"image": jnp.asarray(rng.integers(0, 256, (4 * B, 32, 32, 3), np.uint8)),
+            "label": jnp.asarray(rng.integers(0, 10, (4 * B,)), jnp.int32)}
+    step = loop.make_indexed_step(sfl.make_train_step(model=model, schedule="parallel",
+                                                      augment="none"))
+    new, _ = step(state, data, jnp.arange(K * B).reshape(K, B), jax.random.key(0))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(data))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new))
