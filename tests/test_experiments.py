@@ -9,19 +9,11 @@ import pytest
 
 from experiments import train
 from experiments.configs import train as train_config
+from tests.helpers import records, smoke_config
 
 
 def smoke(**overrides):
-    config = train_config.get_config("smoke")
-    for dotted, value in overrides.items():
-        group, key = dotted.split(".")
-        config[group][key] = value
-    return config
-
-
-def records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return smoke_config(train_config, **overrides)
 
 
 @pytest.mark.slow

@@ -8,20 +8,12 @@ import pytest
 
 from experiments import pretrain
 from experiments.configs import pretrain as pretrain_config
+from tests.helpers import records, smoke_config
 from ressfl_jax import expert
 
 
 def smoke(**overrides):
-    config = pretrain_config.get_config("smoke")
-    for dotted, value in overrides.items():
-        group, key = dotted.split(".")
-        config[group][key] = value
-    return config
-
-
-def records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return smoke_config(pretrain_config, **overrides)
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """Clients sharded over devices and processes give the single-device run's results."""
 
-import json
 import os
 import socket
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from ressfl_jax import expert
+from tests.helpers import records
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "sharded_run.py")
 
@@ -38,9 +38,7 @@ def _finish(proc, timeout=900):
 
 
 def _records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != "perf/images_per_sec"}
-                for line in f]
+    return [{k: v for k, v in r.items() if k != "perf/images_per_sec"} for r in records(workdir)]
 
 
 def _flat(tree):

@@ -13,15 +13,11 @@ from ressfl_jax import expert
 from ressfl_jax import transfer as transfer_lib
 from ressfl_jax.models import build_split_model
 from ressfl_jax.state import create_sfl_state
+from tests.helpers import smoke_config
 
 
 def smoke(expert_dir, **overrides):
-    config = transfer_config.get_config("smoke")
-    config.transfer.expert = expert_dir
-    for dotted, value in overrides.items():
-        group, key = dotted.split(".")
-        config[group][key] = value
-    return config
+    return smoke_config(transfer_config, **{"transfer.expert": expert_dir, **overrides})
 
 
 def model(num_classes=10, cut_layer=4):
