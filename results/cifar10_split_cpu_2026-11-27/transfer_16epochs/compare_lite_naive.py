@@ -1,17 +1,19 @@
 """Reproduces the 16-epoch run's lite-vs-naive numbers (RESULTS.md bullet "At 16 epochs naive loses
 part of the resistance"): relative L2 distances of the final client/server arrays, and the lite
 attacker's logged SSIM/penalty from round 750 on. Run from the repo root on the dev VM, where
-runs/cifar10_split16 holds the checkpoints:
-  PYTHONPATH=. .venv/bin/python RESULTS_DIR/compare_lite_naive.py
+runs/cifar10_split16 holds the checkpoints (or give another run's folder, e.g. the second
+seed's runs/cifar10_split16_seed1):
+  PYTHONPATH=. .venv/bin/python RESULTS_DIR/compare_lite_naive.py [RUN]
 """
 import json
+import sys
 
 import jax
 import numpy as np
 
 from ressfl_jax.client_model import load_client_model
 
-RUN = "runs/cifar10_split16"
+RUN = sys.argv[1] if len(sys.argv) > 1 else "runs/cifar10_split16"
 
 
 def flat(tree):
