@@ -1,9 +1,11 @@
-"""Helpers shared by the end-to-end test files: smoke configs and a run's metrics records."""
+"""Helpers shared by test files: smoke configs, a run's metrics records, tree comparisons."""
 
 import json
 import os
 
+import jax
 import ml_collections
+import numpy as np
 
 
 def smoke_config(config_module, **overrides) -> ml_collections.ConfigDict:
@@ -20,3 +22,8 @@ def records(workdir: str) -> list[dict]:
     """The rows of ``workdir``'s metrics.jsonl, in order."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def leaves_differ(a, b) -> list[bool]:
+    """Per leaf of two equal-structure trees: does any element differ?"""
+    return jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), a, b))

@@ -11,6 +11,7 @@ import pytest
 
 from ressfl_jax.models.decoders import (DECODER_FAMILIES, DecoderSpec, build_decoder,
                                         num_upsamplings, parse_decoder)
+from tests.helpers import leaves_differ
 
 # rbg keys: threefry's uniform compiles in ~1 s per distinct parameter shape on 2 busy cores,
 # rbg's in ~0.1 s; the init schemes do not depend on the PRNG implementation.
@@ -144,9 +145,7 @@ def test_bad_arguments_raise():
 def test_batch_stats_and_input_gradients(family):
     decoder, features, variables = _init(TINY_TYPES[family], (8, 8, 8))
     _, updates = decoder.apply(variables, features, train=True, mutable=["batch_stats"])
-    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
-                           updates["batch_stats"])
-    assert all(jax.tree.leaves(changed))
+    assert all(leaves_differ(variables["batch_stats"], updates["batch_stats"]))
     _, frozen = decoder.apply(variables, features, train=False, mutable=["batch_stats"])
     chex.assert_trees_all_equal(frozen["batch_stats"], variables["batch_stats"])
 

@@ -14,6 +14,7 @@ from ressfl_jax.models import build_split_model, feature_shape
 from ressfl_jax.models.decoders import build_decoder
 from ressfl_jax.state import create_sfl_state, init_split_variables
 from ressfl_jax.training import ressfl, sfl
+from tests.helpers import leaves_differ
 
 K, B = 2, 4
 
@@ -75,9 +76,7 @@ def test_bf16_attacker_aware_step_keeps_float32_state():
     dtypes = {x.dtype for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)}
     assert dtypes == {jnp.dtype(jnp.float32)}
     assert all(np.isfinite(float(v)) for v in metrics.values())
-    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.clients.params,
-                         state.clients.params)
-    assert any(jax.tree.leaves(moved))
+    assert any(leaves_differ(new_state.clients.params, state.clients.params))
 
 
 def test_config_dtype_reaches_the_model_and_bad_names_fail():

@@ -8,8 +8,8 @@ import pytest
 
 from experiments import pretrain
 from experiments.configs import pretrain as pretrain_config
-from tests.helpers import records, smoke_config
 from ressfl_jax import expert
+from tests.helpers import records, smoke_config
 
 
 def smoke(**overrides):

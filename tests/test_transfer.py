@@ -13,7 +13,7 @@ from ressfl_jax import expert
 from ressfl_jax import transfer as transfer_lib
 from ressfl_jax.models import build_split_model
 from ressfl_jax.state import create_sfl_state
-from tests.helpers import smoke_config
+from tests.helpers import leaves_differ, smoke_config
 
 
 def smoke(expert_dir, **overrides):
@@ -35,11 +35,6 @@ def rbg_key(seed):
 
 def first(tree):
     return jax.device_get(jax.tree.map(lambda x: x[0], tree))
-
-
-def leaves_differ(a, b):
-    """Per leaf of two equal-structure trees: does any element differ?"""
-    return jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), a, b))
 
 
 def test_load_expert_copies_client_and_server_body_not_head():
