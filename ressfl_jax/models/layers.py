@@ -217,10 +217,10 @@ def _sum_tap_windows(z: jax.Array, ksize: tuple[int, int], strides: tuple[int, i
     """y[b, p, q] = sum over taps t = (i, j) of z[b, i + sh*p, j + sw*q, t]: the output-side
     conv's last step. z: [B, Hp, Wp, kh*kw, C] -> y: [B, H', W', C].
 
-    Its gradient is written out (``_sum_tap_windows_bwd``: kh*kw padded copies of dy, stacked).
-    Left to autodiff, XLA-CPU built dz as one loop fusion that re-evaluated the incoming
-    gradient's producers (a BatchNorm backward, which itself recomputes this sum) inside each
-    of the kh*kw pads: 3.3 ms of a 10.4 ms ``conv_normN0C16`` decoder step at batch 32.
+    Its gradient is written out (``_sum_tap_windows_bwd``). Left to autodiff, XLA-CPU built dz
+    as one loop fusion that re-evaluated the incoming gradient's producers (a BatchNorm
+    backward, which itself recomputes this sum) inside each of the kh*kw pads: 3.3 ms of a
+    10.4 ms ``conv_normN0C16`` decoder step at batch 32.
     """
     windows = _shifted_slices(z, ksize, strides)  # each [B, H', W', kh*kw, C]
     y = windows[0][..., 0, :]
@@ -234,12 +234,26 @@ def _sum_tap_windows_fwd(z, ksize, strides):
 
 
 def _sum_tap_windows_bwd(ksize, strides, padded_hw, dy):
+    """dz[:, i + sh*p, j + sw*q, (i, j)] = dy[:, p, q]: the kh*kw shifted copies of dy, stacked.
+
+    dy passes an optimization barrier first, so it is computed once: without it XLA-CPU fused
+    dy's producers (the sigmoid's and BatchNorm's backward) into each of the kh*kw copies, 25%
+    of a ``conv_normN0C16`` decoder step (BENCHMARKS.md, "Output-side conv's gradient, once").
+    With stride 1 the copies are windows of one padded dy; otherwise each is its own
+    interior-padded copy.
+    """
     (kh, kw), (sh, sw), (hp, wp) = ksize, strides, padded_hw
     _, h, w, _ = dy.shape
     zero = jnp.zeros((), dy.dtype)
+    dy = lax.optimization_barrier(dy)
+    if (sh, sw) == (1, 1):
+        dyp = lax.pad(dy, zero, [(0, 0, 0), (kh - 1, hp - h, 0), (kw - 1, wp - w, 0), (0, 0, 0)])
+        grads = [dyp[:, kh - 1 - i:kh - 1 - i + hp, kw - 1 - j:kw - 1 - j + wp, :]
+                 for i in range(kh) for j in range(kw)]
+        return (jnp.stack(grads, axis=3),)
     grads = []
     for i in range(kh):
-        for j in range(kw):  # dz[:, i + sh*p, j + sw*q, (i, j)] = dy[:, p, q]
+        for j in range(kw):
             grads.append(lax.pad(dy, zero, [(0, 0, 0), (i, hp - i - (h - 1) * sh - 1, sh - 1),
                                              (j, wp - j - (w - 1) * sw - 1, sw - 1), (0, 0, 0)]))
     return (jnp.stack(grads, axis=3),)
