@@ -237,8 +237,9 @@ def _sum_tap_windows_bwd(ksize, strides, padded_hw, dy):
     """dz[:, i + sh*p, j + sw*q, (i, j)] = dy[:, p, q]: the kh*kw shifted copies of dy, stacked.
 
     dy passes an optimization barrier first, so it is computed once: without it XLA-CPU fused
-    dy's producers (the sigmoid's and BatchNorm's backward) into each of the kh*kw copies, 25%
-    of a ``conv_normN0C16`` decoder step (BENCHMARKS.md, "Output-side conv's gradient, once").
+    dy's producers (the sigmoid's and BatchNorm's backward) into each of the kh*kw copies, a
+    quarter of the op time in a profile of the ``conv_normN0C16`` decoder step; the step ran
+    1.05-1.20x faster without it (BENCHMARKS.md, "Output-side conv's gradient, once").
     With stride 1 the copies are windows of one padded dy; otherwise each is its own
     interior-padded copy.
     """
