@@ -234,30 +234,25 @@ def _sum_tap_windows_fwd(z, ksize, strides):
 
 
 def _sum_tap_windows_bwd(ksize, strides, padded_hw, dy):
-    """dz[:, i + sh*p, j + sw*q, (i, j)] = dy[:, p, q]: the kh*kw shifted copies of dy, stacked.
+    """dz[:, i + sh*p, j + sw*q, (i, j)] = dy[:, p, q]: the kh*kw shifted windows of one
+    stride-dilated, padded dy, stacked.
 
     dy passes an optimization barrier first, so it is computed once: without it XLA-CPU fused
     dy's producers (the sigmoid's and BatchNorm's backward) into each of the kh*kw copies, a
     quarter of the op time in a profile of the ``conv_normN0C16`` decoder step; the step ran
     1.05-1.20x faster without it (BENCHMARKS.md, "Output-side conv's gradient, once").
-    With stride 1 the copies are windows of one padded dy; otherwise each is its own
-    interior-padded copy.
     """
     (kh, kw), (sh, sw), (hp, wp) = ksize, strides, padded_hw
     _, h, w, _ = dy.shape
-    zero = jnp.zeros((), dy.dtype)
     dy = lax.optimization_barrier(dy)
-    if (sh, sw) == (1, 1):
-        dyp = lax.pad(dy, zero, [(0, 0, 0), (kh - 1, hp - h, 0), (kw - 1, wp - w, 0), (0, 0, 0)])
-        grads = [dyp[:, kh - 1 - i:kh - 1 - i + hp, kw - 1 - j:kw - 1 - j + wp, :]
-                 for i in range(kh) for j in range(kw)]
-        return (jnp.stack(grads, axis=3),)
-    grads = []
-    for i in range(kh):
-        for j in range(kw):
-            grads.append(lax.pad(dy, zero, [(0, 0, 0), (i, hp - i - (h - 1) * sh - 1, sh - 1),
-                                             (j, wp - j - (w - 1) * sw - 1, sw - 1), (0, 0, 0)]))
-    return (jnp.stack(grads, axis=3),)
+    # Dilated by the stride and padded to hp + kh - 1 rows: row kh - 1 + sh*p holds dy[p], so
+    # tap i's window starts at kh - 1 - i (likewise for columns).
+    dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
+                  [(0, 0, 0), (kh - 1, hp - (h - 1) * sh - 1, sh - 1),
+                   (kw - 1, wp - (w - 1) * sw - 1, sw - 1), (0, 0, 0)])
+    windows = [dyp[:, kh - 1 - i:kh - 1 - i + hp, kw - 1 - j:kw - 1 - j + wp, :]
+               for i in range(kh) for j in range(kw)]
+    return (jnp.stack(windows, axis=3),)
 
 
 _sum_tap_windows.defvjp(_sum_tap_windows_fwd, _sum_tap_windows_bwd)
