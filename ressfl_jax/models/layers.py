@@ -246,13 +246,12 @@ def _sum_tap_windows_bwd(ksize, strides, padded_hw, dy):
     _, h, w, _ = dy.shape
     dy = lax.optimization_barrier(dy)
     # Dilated by the stride and padded to hp + kh - 1 rows: row kh - 1 + sh*p holds dy[p], so
-    # tap i's window starts at kh - 1 - i (likewise for columns).
+    # tap (i, j)'s window starts at (kh - 1 - i, kw - 1 - j): the stride-1 windows of dyp in
+    # reverse (i, j) order.
     dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
                   [(0, 0, 0), (kh - 1, hp - (h - 1) * sh - 1, sh - 1),
                    (kw - 1, wp - (w - 1) * sw - 1, sw - 1), (0, 0, 0)])
-    windows = [dyp[:, kh - 1 - i:kh - 1 - i + hp, kw - 1 - j:kw - 1 - j + wp, :]
-               for i in range(kh) for j in range(kw)]
-    return (jnp.stack(windows, axis=3),)
+    return (jnp.stack(_shifted_slices(dyp, ksize, (1, 1))[::-1], axis=3),)
 
 
 _sum_tap_windows.defvjp(_sum_tap_windows_fwd, _sum_tap_windows_bwd)
