@@ -4,7 +4,10 @@
 #   run(command="bash scripts/device_expert_check.sh", carry=[".carry"], timeout_s=270)
 # Settings (environment): RUNS (default "eval batch": penalty_bn of each expert; "vanilla" adds
 # the undefended model, trained by experiments.train), EPOCHS (20), STEPS (the kept, attacked
-# epochs, "10,20"), TOTAL (deadline in seconds, 235). Every stage ends by the deadline.
+# epochs, "10,20"), MILESTONES (LR decays x0.2, "($EPOCHS,)"; e.g. "(6,12,16)" for the
+# reference's 60/120/160 of 200 scaled to 20 epochs: on CPU the resistance came in the decay
+# epochs, RESULTS.md "Two LR decays"), TOTAL (deadline in seconds, 235). Every stage ends
+# by the deadline.
 # The 2026-11-26 H100 run (defaults) asked: does a fresh attacker still succeed after 10 and 20
 # epochs, and with the penalty's decoder BatchNorm in batch mode? (Yes and yes: RESULTS.md,
 # "Resistance on a GPU".) Seen there: ~3.6 s per epoch of 30k images per expert beside another,
@@ -41,7 +44,7 @@ else
   ATK="$ATK --config.optimization.steps=0 --config.aux_max=0 --config.epochs=20"
   EPOCHS=${EPOCHS:-20} STEPS=${STEPS:-10,20} TOTAL=${TOTAL:-235}
 fi
-PRE="$PRE --config.run.num_epochs=$EPOCHS --config.optim.milestones=($EPOCHS,)"
+PRE="$PRE --config.run.num_epochs=$EPOCHS --config.optim.milestones=${MILESTONES:-($EPOCHS,)}"
 PRE="$PRE --config.run.keep_epochs=($STEPS)"
 RUNS=${RUNS:-eval batch}
 set_deadline "$TOTAL"

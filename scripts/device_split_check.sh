@@ -10,8 +10,11 @@
 # 2. as soon as the expert's checkpoint is written: the transfers from it (lite, naive, ...)
 #    side by side, each then attacked;
 # 3. the pipeline once more over the finished stages (it reuses them): the table.
-# Settings (environment): EXPERT_EPOCHS (100), TARGET_EPOCHS (60; the LR milestone at each
-# stage's last epoch), MODES ("lite,naive,scratch"), TOTAL (deadline in seconds, 550),
+# Settings (environment): EXPERT_EPOCHS (100), TARGET_EPOCHS (60), EXPERT_MILESTONES and
+# TARGET_MILESTONES (LR decays x0.2; default: the reference's 60/120/160 of 200 scaled to the
+# stage's length, e.g. "(30,60,80)" for 100 epochs, since on CPU the resistance came in the
+# decay epochs, RESULTS.md "Two LR decays"; the smoke preset: its last epoch), MODES
+# ("lite,naive,scratch"), TOTAL (deadline in seconds, 550),
 # DATA_DIR (.carry/cifar10: the carry's subset, 4,000 training images per CIFAR batch, so about
 # 10k per half, and 5,000 test images), KEEP (run folders kept beside results.tgz, e.g.
 # "split"). DEVICE_CHECK_SMOKE=1: the pipeline's smoke preset (a CPU test). Every stage ends by
@@ -30,12 +33,15 @@ else
   CFG=(--config=experiments/configs/pipeline.py:cifar10_split
        --config.expert.data.data_dir="$DATA_DIR" --config.target.data.data_dir="$DATA_DIR")
   EXPERT_EPOCHS=${EXPERT_EPOCHS:-100} TARGET_EPOCHS=${TARGET_EPOCHS:-60} TOTAL=${TOTAL:-550}
+  reference_milestones() { echo "($(($1 * 3 / 10)),$(($1 * 6 / 10)),$(($1 * 8 / 10)))"; }
+  EXPERT_MILESTONES=${EXPERT_MILESTONES:-$(reference_milestones "$EXPERT_EPOCHS")}
+  TARGET_MILESTONES=${TARGET_MILESTONES:-$(reference_milestones "$TARGET_EPOCHS")}
 fi
 CFG+=(--config.modes="$MODES"
       --config.expert.run.num_epochs="$EXPERT_EPOCHS"
-      --config.expert.optim.milestones="($EXPERT_EPOCHS,)"
+      --config.expert.optim.milestones="${EXPERT_MILESTONES:-($EXPERT_EPOCHS,)}"
       --config.target.run.num_epochs="$TARGET_EPOCHS"
-      --config.target.optim.milestones="($TARGET_EPOCHS,)")
+      --config.target.optim.milestones="${TARGET_MILESTONES:-($TARGET_EPOCHS,)}")
 W=$OUT/split
 ALL=(expert vanilla ${MODES//,/ })  # Every stage of this pipeline, in its table's order.
 set_deadline "$TOTAL"
