@@ -28,6 +28,8 @@ MODES=${MODES:-lite,naive,scratch}
 if [ "${DEVICE_CHECK_SMOKE:-0}" = 1 ]; then
   CFG=(--config=experiments/configs/pipeline.py:smoke)
   EXPERT_EPOCHS=${EXPERT_EPOCHS:-2} TARGET_EPOCHS=${TARGET_EPOCHS:-1} TOTAL=${TOTAL:-900}
+  EXPERT_MILESTONES=${EXPERT_MILESTONES:-($EXPERT_EPOCHS,)}
+  TARGET_MILESTONES=${TARGET_MILESTONES:-($TARGET_EPOCHS,)}
 else
   DATA_DIR=${DATA_DIR:-.carry/cifar10}
   CFG=(--config=experiments/configs/pipeline.py:cifar10_split
@@ -39,9 +41,9 @@ else
 fi
 CFG+=(--config.modes="$MODES"
       --config.expert.run.num_epochs="$EXPERT_EPOCHS"
-      --config.expert.optim.milestones="${EXPERT_MILESTONES:-($EXPERT_EPOCHS,)}"
+      --config.expert.optim.milestones="$EXPERT_MILESTONES"
       --config.target.run.num_epochs="$TARGET_EPOCHS"
-      --config.target.optim.milestones="${TARGET_MILESTONES:-($TARGET_EPOCHS,)}")
+      --config.target.optim.milestones="$TARGET_MILESTONES")
 W=$OUT/split
 ALL=(expert vanilla ${MODES//,/ })  # Every stage of this pipeline, in its table's order.
 set_deadline "$TOTAL"
